@@ -1,0 +1,55 @@
+"""`midibert-jax`: one console entry point, one module a subcommand.
+
+Each command module in `midibert_jax.commands` exposes `add_arguments(parser)` (cheap: no
+jax import) and `run(args) -> int`. Library errors that describe bad input become one clear
+line on stderr and exit status 2, not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from midibert_jax.tokenizer.errors import TokenizerError
+
+# subcommand -> (module, one-line help)
+COMMANDS = {
+    "tokenize": ("midibert_jax.commands.tokenize", "MIDI file -> Octuple token array (.npy)"),
+    "detokenize": ("midibert_jax.commands.detokenize", "Octuple token array (.npy) -> MIDI file"),
+    "prepare": ("midibert_jax.commands.prepare", "build a TFDS dataset (demo corpus or a MIDI folder)"),
+    "import-torch": ("midibert_jax.commands.import_torch", "convert a published PyTorch checkpoint"),
+}
+
+
+class UserError(Exception):
+    """Bad input or configuration that the user can fix; printed without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="midibert-jax", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name != module_name:
+                raise
+            continue  # a command whose module is not part of this build
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(command)
+        command.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except (TokenizerError, UserError, FileNotFoundError) as e:
+        print(f"midibert-jax {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
