@@ -1,0 +1,40 @@
+"""The `midibert-jax` console commands, run in-process through `cli.main`."""
+
+import numpy as np
+import pretty_midi
+
+from midibert_jax import cli
+from midibert_jax.tokenizer import encode, load_midi
+
+
+def _song(path):
+    pm = pretty_midi.PrettyMIDI(resolution=96)
+    for program in (0, 40):
+        inst = pretty_midi.Instrument(program)
+        inst.notes = [pretty_midi.Note(90, 60 + program % 12 + i % 7, 0.25 * i, 0.25 * i + 0.2) for i in range(40)]
+        pm.instruments.append(inst)
+    pm.write(str(path))
+    return path
+
+
+def test_tokenize_then_detokenize_round_trips(tmp_path, capsys):
+    song = _song(tmp_path / "song.mid")
+    assert cli.main(["tokenize", str(song), "-o", str(tmp_path / "song.npy")]) == 0
+    rows = np.load(tmp_path / "song.npy")
+    np.testing.assert_array_equal(rows, encode(load_midi(song)))
+    assert cli.main(["detokenize", str(tmp_path / "song.npy"), "-o", str(tmp_path / "back.mid")]) == 0
+    np.testing.assert_array_equal(encode(load_midi(tmp_path / "back.mid")), rows)
+    out = capsys.readouterr().out
+    assert "80 notes" in out and "back.mid" in out
+
+
+def test_bad_input_is_one_clear_line(tmp_path, capsys):
+    bad = tmp_path / "bad.mid"
+    bad.write_bytes(b"not midi at all")
+    assert cli.main(["tokenize", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.mid" in err and "not a Standard MIDI File" in err and "Traceback" not in err
+    junk = tmp_path / "junk.npy"
+    np.save(junk, np.zeros((4, 3), np.int32))
+    assert cli.main(["detokenize", str(junk)]) == 2
+    assert "junk.npy" in capsys.readouterr().err
