@@ -1,0 +1,274 @@
+"""Checkpoints: an orbax CheckpointManager with five items per step.
+
+  state      the TrainState pytree (params of encoder, recoverer and masker; optimiser state; rng;
+             field weights), saved sharded, restored onto the shardings of an abstract target
+  mask_book  {"bits": uint8 [num_windows, L / 8]} (numpy or jax array)
+  data       the data-iterator state (JSON), so a resumed run sees the same batches
+  config     the run's config (JSON), for the record
+  version    vocabulary sizes, field order and code version (JSON), checked on restore
+
+Saving is asynchronous (`save` returns once the arrays are copied off the device); `save_now` forces a
+save and waits, for SIGTERM. Every process must call `save`, `save_now` and `restore` (orbax
+synchronises them); only the primary process writes the JSON items.
+
+Kept: the last `keep_last` steps, plus the best step by `best_metric` among saves given metrics.
+
+`restore()` without a step takes the newest step; when it is unreadable (a truncated or deleted file) it
+logs a warning and falls back to the previous step, and so on. Incomplete (temporary) step directories
+are never listed by orbax, so an interrupted save is skipped without a warning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import json
+import logging
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from midibert_jax.tokenizer import vocab
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+ITEMS = ("state", "mask_book", "data", "config", "version")
+
+
+def version_info() -> dict[str, Any]:
+    """JSON: what a checkpoint's arrays mean (vocabulary, field order) and which code wrote it."""
+    try:
+        code = importlib.metadata.version("midibert-jax")
+    except importlib.metadata.PackageNotFoundError:
+        code = "unknown"
+    return {
+        "format": FORMAT_VERSION,
+        "code_version": code,
+        "fields": list(vocab.FIELDS),
+        "vocab_sizes": list(vocab.VOCAB_SIZES),
+        "num_regular": list(vocab.VOCAB.num_regular),
+    }
+
+
+def _jsonable(obj: Any) -> Any:
+    """A JSON-compatible copy of a dict, a ConfigDict (`to_dict`), or JSON text / bytes."""
+    if isinstance(obj, (bytes, bytearray)):
+        obj = obj.decode("utf-8")
+    if isinstance(obj, str):
+        return json.loads(obj)
+    if hasattr(obj, "to_dict"):
+        obj = obj.to_dict()
+    return json.loads(json.dumps(obj, default=str))
+
+
+@dataclasses.dataclass
+class Restored:
+    """What `Checkpointer.restore` returns."""
+
+    step: int
+    state: Any
+    mask_book: Any  # uint8 [num_windows, L / 8], numpy or jax depending on the target
+    data: dict[str, Any]
+    config: dict[str, Any]
+    version: dict[str, Any]
+
+
+class Checkpointer:
+    """Saves and restores the training checkpoint items under `directory` (local path or gs://)."""
+
+    def __init__(
+        self,
+        directory: str,
+        *,
+        save_every: int,
+        keep_last: int,
+        best_metric: str | None = None,
+        best_mode: str = "max",
+        async_save: bool = True,
+    ):
+        """
+        Args:
+          save_every: `save` (not forced) writes only at steps that are multiples of this.
+          keep_last: number of most recent steps kept.
+          best_metric: key of the `metrics` dict passed to `save` that ranks steps; the best one is kept too.
+          best_mode: "max" or "min" for best_metric.
+          async_save: write in a background thread.
+        """
+        if best_mode not in ("max", "min"):
+            raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
+        self.best_metric = best_metric
+        policies: list[ocp.checkpoint_managers.PreservationPolicy] = [ocp.checkpoint_managers.LatestN(n=keep_last)]
+        best_fn = None
+        if best_metric is not None:
+            best_fn = lambda metrics: float(metrics[best_metric])  # noqa: E731
+            policies.append(
+                ocp.checkpoint_managers.BestN(
+                    get_metric_fn=best_fn,
+                    reverse=best_mode == "min",
+                    n=1,
+                    keep_checkpoints_without_metrics=False,
+                )
+            )
+        options = ocp.CheckpointManagerOptions(
+            save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(save_every),
+            preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+            best_fn=best_fn,
+            best_mode=best_mode,
+            enable_async_checkpointing=async_save,
+            create=True,
+            cleanup_tmp_directories=True,
+        )
+        handlers = {
+            "state": ocp.StandardCheckpointHandler(),
+            "mask_book": ocp.StandardCheckpointHandler(),
+            "data": ocp.JsonCheckpointHandler(),
+            "config": ocp.JsonCheckpointHandler(),
+            "version": ocp.JsonCheckpointHandler(),
+        }
+        self._manager = ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+        self.directory = self._manager.directory
+
+    # -- queries ---------------------------------------------------------------------------------------
+    def all_steps(self) -> list[int]:
+        """Steps present on disk (complete saves only), ascending."""
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def best_step(self) -> int | None:
+        """The best step by `best_metric` among the kept steps saved with metrics (None if there is none)."""
+        if self.best_metric is None:
+            return None
+        return self._manager.best_step()
+
+    # -- saving ----------------------------------------------------------------------------------------
+    def save(
+        self,
+        step: int,
+        *,
+        state: Any,
+        mask_book: Any,
+        data: Mapping[str, Any] | bytes | str,
+        config: Any,
+        metrics: Mapping[str, Any] | None = None,
+        force: bool = False,
+    ) -> bool:
+        """Starts saving `step` if it is due (or `force`); returns whether a save started. All processes call it.
+
+        Args:
+          state: the TrainState (jax arrays, possibly sharded).
+          mask_book: uint8 [num_windows, L / 8], numpy or jax.
+          data: the data-iterator state: a JSON-able dict, or JSON text / bytes.
+          config: a ConfigDict or dict.
+          metrics: scalars for best-checkpoint tracking (needs `best_metric` among them).
+        """
+        if step in self._manager.all_steps():
+            return False
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            mask_book=ocp.args.StandardSave({"bits": mask_book}),
+            data=ocp.args.JsonSave(_jsonable(data)),
+            config=ocp.args.JsonSave(_jsonable(config)),
+            version=ocp.args.JsonSave(version_info()),
+        )
+        if metrics is not None:
+            metrics = {k: float(np.asarray(jax.device_get(v))) for k, v in metrics.items()}
+        return self._manager.save(int(step), args=args, metrics=metrics, force=force)
+
+    def save_now(self, step: int, **items: Any) -> None:
+        """Forces a save of `step` (same keyword items as `save`) and waits until it is on disk (SIGTERM)."""
+        self.save(step, force=True, **items)
+        self.wait()
+
+    def wait(self) -> None:
+        """Blocks until pending asynchronous saves are complete; raises if one failed."""
+        self._manager.wait_until_finished()
+        self._manager.check_for_errors()
+
+    def close(self) -> None:
+        self._manager.close()
+
+    def __enter__(self) -> "Checkpointer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- restoring -------------------------------------------------------------------------------------
+    def _restore_step(self, step: int, abstract_state: Any, mask_book_target: Any) -> Restored:
+        book_args = ocp.args.StandardRestore(None if mask_book_target is None else {"bits": mask_book_target})
+        out = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                mask_book=book_args,
+                data=ocp.args.JsonRestore(),
+                config=ocp.args.JsonRestore(),
+                version=ocp.args.JsonRestore(),
+            ),
+        )
+        book = out["mask_book"]["bits"]
+        if mask_book_target is None or isinstance(mask_book_target, np.ndarray):
+            book = np.asarray(book, np.uint8)
+        return Restored(step, out["state"], book, out["data"], out["config"], out["version"])
+
+    def restore(self, abstract_state: Any, mask_book_target: Any = None, step: int | None = None) -> Restored | None:
+        """Restores a step onto the given target shardings; None when there is no checkpoint.
+
+        Args:
+          abstract_state: the TrainState pytree of `jax.ShapeDtypeStruct`s whose `sharding`s say where each
+            leaf goes (e.g. from `jax.eval_shape` of the jitted init): the checkpoint may come from another
+            mesh or device count.
+          mask_book_target: None or an np.ndarray (restore the book on the host as numpy), or a
+            `jax.ShapeDtypeStruct` with a sharding (restore it as a jax array there).
+          step: a given step (no fallback), or None for the newest readable one.
+        Raises:
+          ValueError: the checkpoint was written with another vocabulary.
+          RuntimeError: no step could be read.
+        """
+        self._manager.reload()
+        if step is not None:
+            restored = self._restore_step(step, abstract_state, mask_book_target)
+        else:
+            steps = self.all_steps()[::-1]
+            if not steps:
+                return None
+            restored = None
+            for i, candidate in enumerate(steps):
+                try:
+                    restored = self._restore_step(candidate, abstract_state, mask_book_target)
+                    break
+                except Exception as e:  # pylint: disable=broad-except  # any unreadable step: try the previous
+                    nxt = steps[i + 1] if i + 1 < len(steps) else None
+                    reason = str(e).splitlines()[0][:300] if str(e) else ""
+                    log.warning(
+                        "checkpoint step %d in %s is unreadable (%s: %s); %s",
+                        candidate,
+                        self.directory,
+                        type(e).__name__,
+                        reason,
+                        f"falling back to step {nxt}" if nxt is not None else "no older step to fall back to",
+                    )
+            if restored is None:
+                raise RuntimeError(f"no readable checkpoint in {self.directory} (steps {steps[::-1]})")
+        self._check_version(restored)
+        log.info("restored checkpoint step %d from %s", restored.step, self.directory)
+        return restored
+
+    @staticmethod
+    def _check_version(restored: Restored) -> None:
+        saved, ours = restored.version, version_info()
+        for key in ("fields", "vocab_sizes", "num_regular"):
+            if saved.get(key) != ours[key]:
+                raise ValueError(f"checkpoint step {restored.step} has {key}={saved.get(key)}, this code {ours[key]}")
+        if saved.get("code_version") != ours["code_version"]:
+            log.warning(
+                "checkpoint step %d was written by code version %s, this is %s",
+                restored.step,
+                saved.get("code_version"),
+                ours["code_version"],
+            )

@@ -1,0 +1,87 @@
+"""Metric logging: TensorBoard (tensorboardX) and a metrics.jsonl file, written by process 0 only.
+
+Every process may call the writer (it is a no-op elsewhere), so callers never gate collectives on the
+process index: fetch the (replicated) metric values on all processes, then `write`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Mapping
+
+import jax
+import numpy as np
+import tqdm
+
+
+class MetricsWriter:
+    """Writes scalar metrics to `<workdir>/tensorboard` and `<workdir>/metrics.jsonl` on process 0.
+
+    Each jsonl line is {"step": int, "time": unix seconds, "<name>": float, ...}.
+    """
+
+    def __init__(self, workdir: str, *, enabled: bool | None = None):
+        """enabled: defaults to `jax.process_index() == 0`."""
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self._tb = None
+        self._jsonl = None
+        if self.enabled:
+            from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+
+            os.makedirs(workdir, exist_ok=True)
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+
+    def write(self, step: int, scalars: Mapping[str, Any]) -> None:
+        """Logs scalars (Python numbers or 0-d arrays, device or host) at `step`."""
+        if not self.enabled:
+            return
+        values = {name: float(np.asarray(v)) for name, v in jax.device_get(dict(scalars)).items()}
+        for name, v in values.items():
+            self._tb.add_scalar(name, v, int(step))
+        record = {"step": int(step), "time": time.time()}
+        record |= {k: (v if math.isfinite(v) else str(v)) for k, v in values.items()}
+        self._jsonl.write(json.dumps(record) + "\n")
+
+    def flush(self) -> None:
+        if self.enabled:
+            self._tb.flush()
+            self._jsonl.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._tb.close()
+            self._jsonl.close()
+            self.enabled = False
+
+    def __enter__(self) -> "MetricsWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class RateMeter:
+    """Steps per second and ETA over a sliding start point, with an injectable clock for tests."""
+
+    def __init__(self, total: int, initial: int = 0, clock: Callable[[], float] = time.monotonic):
+        self.total, self.clock = total, clock
+        self._start_step, self._start_time = initial, clock()
+        self.step = initial
+
+    def update(self, step: int) -> dict[str, float]:
+        """Records that `step` was reached; returns {"steps_per_sec", "eta_sec"} (inf ETA before any progress)."""
+        self.step = step
+        elapsed = max(self.clock() - self._start_time, 1e-9)
+        rate = (step - self._start_step) / elapsed
+        eta = (self.total - step) / rate if rate > 0 else math.inf
+        return {"steps_per_sec": rate, "eta_sec": eta}
+
+
+def progress_bar(total: int, initial: int = 0, desc: str = "train", *, enabled: bool | None = None) -> tqdm.tqdm:
+    """A tqdm bar (rate and ETA included) shown on process 0 only; call `.update(n)` / `.set_postfix(...)`."""
+    enabled = jax.process_index() == 0 if enabled is None else enabled
+    return tqdm.tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, disable=not enabled, smoothing=0.1)

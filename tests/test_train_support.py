@@ -1,0 +1,104 @@
+"""Optimiser, train state, metric writer and preemption guard (midibert_jax.train.{optim,state,metrics,preemption})."""
+
+import json
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from midibert_jax.train import metrics, optim, preemption, state
+
+
+def _optim_config(**overrides):
+    cfg = ml_collections.ConfigDict(
+        dict(
+            learning_rate=1e-3,
+            schedule="constant",
+            warmup_steps=10,
+            total_steps=110,
+            end_learning_rate=0.0,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-6,
+            weight_decay=0.01,
+            grad_clip_norm=3.0,
+            decay_bias_and_norm=True,
+        )
+    )
+    cfg.update(overrides)
+    return cfg
+
+
+def _params():
+    return {
+        "encoder": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones((2,))},
+        "recoverer": {"kernel": jnp.ones((2, 2))},
+        "masker": {"kernel": jnp.ones((2, 1))},
+    }
+
+
+def test_schedules():
+    const = optim.make_schedule(_optim_config())
+    assert float(const(0)) == float(const(1000)) == pytest.approx(1e-3)
+    cos = optim.make_schedule(_optim_config(schedule="warmup_cosine"))
+    assert float(cos(0)) == 0.0
+    assert float(cos(5)) == pytest.approx(5e-4)
+    assert float(cos(10)) == pytest.approx(1e-3)
+    assert float(cos(60)) == pytest.approx(5e-4, rel=1e-3)
+    assert float(cos(110)) == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError):
+        optim.make_schedule(_optim_config(schedule="linear"))
+
+
+def test_train_state_apply_gradients_clips_and_decays():
+    tx, _ = optim.make_optimizer(_optim_config(decay_bias_and_norm=False, weight_decay=0.5))
+    s = state.TrainState.create(params=_params(), tx=tx, seed=0)
+    assert s.rng.dtype == jnp.uint32 and s.field_weights.shape == (8,)
+    zero = jax.tree.map(jnp.zeros_like, s.params)
+    s1 = jax.jit(lambda st, g: st.apply_gradients(g))(s, zero)
+    assert int(s1.step) == 1
+    # Zero gradients: only the decoupled weight decay moves parameters, and not the (1-D) bias.
+    assert float(s1.params["encoder"]["kernel"][0, 0]) == pytest.approx(1 - 1e-3 * 0.5)
+    assert float(s1.params["encoder"]["bias"][0]) == 1.0
+    huge = jax.tree.map(lambda p: jnp.full_like(p, 1e6), s.params)
+    s2 = s.apply_gradients(huge)  # clipped to norm 3, then Adam normalises: a step of about lr
+    assert np.all(np.abs(np.asarray(s2.params["masker"]["kernel"]) - 1) < 2e-3)
+    assert not jnp.array_equal(s.step_key(), s1.step_key())
+    with pytest.raises(ValueError):
+        state.TrainState.create(params={"encoder": {}}, tx=tx, seed=0)
+
+
+def test_metrics_writer_and_rate(tmp_path):
+    with metrics.MetricsWriter(str(tmp_path), enabled=True) as w:
+        w.write(3, {"loss": jnp.float32(1.5), "acc": 0.25})
+        w.write(4, {"loss": float("nan")})
+    lines = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
+    assert lines[0]["step"] == 3 and lines[0]["loss"] == 1.5 and lines[1]["loss"] == "nan"
+    assert os.listdir(tmp_path / "tensorboard")
+    silent = metrics.MetricsWriter(str(tmp_path / "other"), enabled=False)
+    silent.write(1, {"x": 1.0})
+    assert not os.path.exists(tmp_path / "other")
+
+    now = [100.0]
+    meter = metrics.RateMeter(total=100, initial=10, clock=lambda: now[0])
+    now[0] = 110.0
+    r = meter.update(30)
+    assert r["steps_per_sec"] == pytest.approx(2.0) and r["eta_sec"] == pytest.approx(35.0)
+    bar = metrics.progress_bar(10, enabled=False)
+    bar.update(1)
+    bar.close()
+
+
+def test_preemption_guard_sets_flag_on_sigterm():
+    guard = preemption.PreemptionGuard().install()
+    try:
+        assert not guard.should_stop(0)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert guard.requested and guard.should_stop(1)
+    finally:
+        guard.uninstall()
+    assert signal.getsignal(signal.SIGTERM) is not guard._handle
