@@ -1,0 +1,99 @@
+r"""Dataset preparation: which corpus, how it is cut into windows, how the build runs.
+
+Run:
+  midibert-jax prepare                                   # demo corpus (music21 scores), default settings
+  midibert-jax prepare --config configs/prepare.py:demo,runlocal
+  midibert-jax prepare --config configs/prepare.py:folder --folder /data/my_midis
+  midibert-jax prepare --config configs/prepare.py:folder,beam --folder /data/lakh \
+      --set beam_options="--runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp"
+
+`get_config(arg)` takes a variant, then comma-separated modifiers:
+  demo | folder          which builder (music21_demo or midi_folder)
+  runlocal               a laptop-sized build (200 demo works, 256-row windows)
+  reference              the reference's packing across pieces (REFERENCE.md §1.3)
+  beam                   build with Apache Beam (DirectRunner unless beam_options say otherwise)
+
+Every field is plain data; `midibert_jax.commands.prepare` reads it. Dataset identity
+(max_len, packing, valid_fraction, seed, and the demo selection) decides the TFDS config name,
+so datasets built with different settings sit side by side under data_dir.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+VARIANTS = ("demo", "folder")
+MODIFIERS = ("runlocal", "reference", "beam")
+
+
+def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
+    parts = [p.strip() for p in (arg or "demo").split(",") if p.strip()]
+    variant, modifiers = parts[0], parts[1:]
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown prepare variant {variant!r}; choose one of {VARIANTS}")
+    for m in modifiers:
+        if m not in MODIFIERS:
+            raise ValueError(f"unknown prepare modifier {m!r}; choose from {MODIFIERS}")
+
+    config = ml_collections.ConfigDict()
+    # Which builder: 'demo' (music21_demo: scores shipped with music21) or 'folder' (midi_folder: your MIDI files).
+    config.dataset = variant
+    # Root folder of the TFDS datasets (TFDS's own default, so tfds.data_source finds them without data_dir).
+    config.data_dir = "~/tensorflow_datasets"
+    # Folder of MIDI files for dataset='folder' (searched recursively; .mid/.midi/.kar).
+    config.folder = ""
+    # TFDS config name; empty -> derived from the corpus and the identity fields below
+    # ('default' for the demo corpus with default settings).
+    config.name = ""
+
+    # Rows (notes) per window; the model's max_len.
+    config.max_len = 1024
+    # 'piece': windows inside one piece, bars re-based per window, last window PAD-padded (ours).
+    # 'reference': 256-bar chunks + EOS, all pieces concatenated and cut (the reference's pre-training packing).
+    config.packing = "piece"
+    # Reference packing only: also add the reference's all-PAD window when the stream is a multiple of max_len.
+    config.extra_pad_window = False
+    # Fraction of unique pieces (by file content) put in the 'validation' split.
+    config.valid_fraction = 0.1
+    # Seed of the piece-level train/validation split (and of the demo corpus' work selection).
+    config.seed = 0
+
+    # Tokenizer / converter processes; 0 -> every CPU this process may use.
+    config.num_workers = 0
+    # Seconds one MIDI file may take to tokenize before its worker is killed and the file skipped.
+    config.timeout = 60.0
+    # Address-space limit of each worker process in MiB (0 -> none).
+    config.memory_limit_mb = 4096
+    # Show progress bars (rate and ETA).
+    config.progress = True
+    # Delete and rebuild a dataset that already exists (otherwise it is reused and its summary printed).
+    config.overwrite = False
+
+    # Build with Apache Beam instead of local worker processes (for 10^5-file corpora on a cluster).
+    config.beam = False
+    # Beam pipeline options as one command-line string, e.g. "--runner=DataflowRunner --project=...";
+    # empty -> the in-process DirectRunner.
+    config.beam_options = ""
+
+    # The demo corpus (dataset='demo').
+    config.demo = ml_collections.ConfigDict()
+    # Works to convert, balanced across collections (all ~80 classical scores fit in 1000); 0 -> all ~13,000.
+    config.demo.max_pieces = 1000
+    # Comma-separated music21 collections; empty -> all but demos/theoryExercises.
+    # bach, palestrina, monteverdi and trecento are held out for evaluation and refused.
+    config.demo.collections = ""
+    # Score -> MIDI writer: 'fast' (own, ties merged, repeats not expanded) or 'music21' (slow on large scores).
+    config.demo.writer = "fast"
+    # Seconds one score may take to parse and convert.
+    config.demo.convert_timeout = 120.0
+    # Cache of converted MIDI files; empty -> $MIDIBERT_JAX_CACHE or ~/.cache/midibert_jax.
+    config.demo.cache_dir = ""
+
+    if "runlocal" in modifiers:
+        config.demo.max_pieces = 200
+        config.max_len = 256
+    if "reference" in modifiers:
+        config.packing = "reference"
+    if "beam" in modifiers:
+        config.beam = True
+    return config

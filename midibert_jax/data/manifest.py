@@ -1,0 +1,176 @@
+"""Build manifests: one record per input file, so that nothing is dropped silently.
+
+A manifest is written beside the TFDS shards as ``manifest.jsonl`` (one JSON record per line,
+in piece-id order) and ``build_summary.json`` (the aggregate that `format_summary` prints).
+
+Record statuses:
+  ok         tokenized, contributed `num_windows` windows (piece packing) or rows to the
+             packed stream (reference packing) of its split.
+  skipped    rejected; `reason` says why (`error_kind` groups reasons: the tokenizer's error
+             kind, `timeout`, `worker_crash`, `internal_error`, `conversion`, ...).
+  duplicate  byte-identical to an earlier file (`reason` names it); not tokenized.
+  ignored    not a MIDI file by extension; not read.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from etils import epath
+
+MANIFEST_FILENAME = "manifest.jsonl"
+SUMMARY_FILENAME = "build_summary.json"
+STATUSES = ("ok", "skipped", "duplicate", "ignored")
+
+
+@dataclasses.dataclass
+class FileRecord:
+    """What happened to one input file."""
+
+    # Position of the file in the sorted input list (stable for a given corpus).
+    piece_id: int
+    # Path relative to the corpus root (or a source id such as a music21 work).
+    path: str
+    # sha256 of the file's bytes (None when the file was not read).
+    sha256: str | None = None
+    # Size in bytes (None when unknown).
+    size: int | None = None
+    # "train" / "validation", or None for files that never reached a split.
+    split: str | None = None
+    status: str = "ok"
+    # Why a file was skipped / is a duplicate; None when ok.
+    reason: str | None = None
+    # Short category of `reason` (for summaries).
+    error_kind: str | None = None
+    # Free-form remarks (e.g. "repeats not expanded", "3 windows cut at 256-bar limit").
+    notes: list[str] = dataclasses.field(default_factory=list)
+    # Note rows the tokenizer produced.
+    num_notes: int = 0
+    # Windows (piece packing) or rows of the packed stream incl. EOS (reference packing).
+    num_windows: int = 0
+    num_stream_rows: int = 0
+    # Seconds spent on the file (tokenization; wall-clock, not reproducible).
+    seconds: float = 0.0
+
+    def __post_init__(self):
+        if self.status not in STATUSES:
+            raise ValueError(f"{self.path}: unknown status {self.status!r}; expected one of {STATUSES}")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "FileRecord":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclasses.dataclass
+class Manifest:
+    """All records of a build plus build-level facts (config, timings)."""
+
+    records: list[FileRecord]
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        self.records = sorted(self.records, key=lambda r: r.piece_id)
+        ids = [r.piece_id for r in self.records]
+        if len(set(ids)) != len(ids):
+            dup = collections.Counter(ids).most_common(1)[0][0]
+            raise ValueError(f"duplicate manifest records for piece_id {dup}")
+
+    def by_status(self, status: str) -> list[FileRecord]:
+        return [r for r in self.records if r.status == status]
+
+    def summary(self) -> dict[str, Any]:
+        """Aggregate counts: files per status, reasons, and per-split pieces/windows/notes."""
+        status = collections.Counter(r.status for r in self.records)
+        kinds = collections.Counter(r.error_kind or "unknown" for r in self.records if r.status == "skipped")
+        splits: dict[str, dict[str, int]] = {}
+        for r in self.records:
+            if r.status != "ok":
+                continue
+            s = splits.setdefault(r.split or "none", {"pieces": 0, "windows": 0, "notes": 0, "stream_rows": 0})
+            s["pieces"] += 1
+            s["windows"] += r.num_windows
+            s["notes"] += r.num_notes
+            s["stream_rows"] += r.num_stream_rows
+        slowest = sorted(self.records, key=lambda r: -r.seconds)[:5]
+        return {
+            "files": len(self.records),
+            "status": {k: status.get(k, 0) for k in STATUSES},
+            "skipped_by_kind": dict(kinds.most_common()),
+            "splits": splits,
+            "seconds_total": round(sum(r.seconds for r in self.records), 3),
+            "slowest": [(r.path, round(r.seconds, 3)) for r in slowest if r.seconds > 0],
+            **{k: v for k, v in self.info.items() if k not in ("records",)},
+        }
+
+    def write(self, directory: epath.PathLike) -> None:
+        directory = epath.Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / MANIFEST_FILENAME).write_text("".join(r.to_json() + "\n" for r in self.records))
+        (directory / SUMMARY_FILENAME).write_text(json.dumps(self.summary(), indent=1, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, directory: epath.PathLike) -> "Manifest":
+        directory = epath.Path(directory)
+        path = directory / MANIFEST_FILENAME
+        if not path.exists():
+            raise FileNotFoundError(f"no {MANIFEST_FILENAME} in {directory}")
+        records = [FileRecord.from_dict(json.loads(line)) for line in path.read_text().splitlines() if line]
+        info = {}
+        summary_path = directory / SUMMARY_FILENAME
+        if summary_path.exists():
+            summary = json.loads(summary_path.read_text())
+            info = {k: v for k, v in summary.items() if k not in _DERIVED_SUMMARY_KEYS}
+        return cls(records, info)
+
+
+_DERIVED_SUMMARY_KEYS = ("files", "status", "skipped_by_kind", "splits", "seconds_total", "slowest")
+
+
+def read_jsonl_records(lines: Iterable[str]) -> list[FileRecord]:
+    return [FileRecord.from_dict(json.loads(line)) for line in lines if line.strip()]
+
+
+def format_summary(summary: dict[str, Any], max_reasons: int = 10) -> str:
+    """Human-readable multi-line summary of `Manifest.summary()`."""
+    lines = []
+    name = summary.get("dataset", "dataset")
+    lines.append(f"{name}: {summary['files']} input files")
+    st = summary["status"]
+    lines.append("  " + ", ".join(f"{k} {st.get(k, 0)}" for k in STATUSES))
+    for split, s in sorted(summary["splits"].items()):
+        parts = [f"{s['pieces']} pieces"]
+        if s["windows"] or not s.get("stream_rows"):
+            parts.append(f"{s['windows']} windows")
+        parts.append(f"{s['notes']} notes")
+        if s.get("stream_rows"):
+            parts.append(f"{s['stream_rows']} packed rows incl. EOS")
+        lines.append(f"  {split}: " + ", ".join(parts))
+    for split, n in sorted(summary.get("examples", {}).items()):
+        lines.append(f"  {split}: {n} examples written")
+    kinds = summary.get("skipped_by_kind", {})
+    if kinds:
+        lines.append("  skipped by reason: " + ", ".join(f"{k} {v}" for k, v in list(kinds.items())[:max_reasons]))
+    if summary.get("build_seconds") is not None:
+        lines.append(f"  build time {summary['build_seconds']:.1f} s ({summary['seconds_total']:.1f} s of worker time)")
+    empty = summary.get("empty_splits")
+    if empty:
+        lines.append(f"  not written (no usable pieces): {', '.join(empty)}")
+    if summary.get("data_dir"):
+        lines.append(f"  written to {summary['data_dir']}")
+    return "\n".join(lines)
+
+
+def skipped_lines(records: Sequence[FileRecord], limit: int = 20) -> list[str]:
+    """`path: reason` for the first `limit` skipped files (for command output)."""
+    out = [f"{r.path}: {r.reason}" for r in records if r.status == "skipped"]
+    if len(out) > limit:
+        out = out[:limit] + [f"... and {len(out) - limit} more (see {MANIFEST_FILENAME})"]
+    return out

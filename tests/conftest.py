@@ -1,0 +1,42 @@
+"""Shared fixtures: small MIDI corpora (see midi_factory) and one dataset built from them."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+import midi_factory
+
+# Rows per window in the test datasets (tiny, so builds and pipelines stay fast).
+TEST_MAX_LEN = 32
+
+
+@pytest.fixture(scope="session")
+def midi_corpus(tmp_path_factory) -> tuple[pathlib.Path, dict[str, str]]:
+    """A folder with good pieces, broken files, a duplicate, a README and a 300-bar piece.
+
+    Returns (folder, {relative path: expected manifest status}).
+    """
+    folder = tmp_path_factory.mktemp("midi_corpus")
+    expected = midi_factory.make_corpus(folder, num_good=8, long_piece_bars=300)
+    return folder, expected
+
+
+@pytest.fixture(scope="session")
+def built_folder_dataset(midi_corpus, tmp_path_factory):
+    """The midi_folder dataset of `midi_corpus` (piece packing, max_len 32), built locally once.
+
+    Returns the builder (``.data_path`` is the dataset folder, ``.summary`` the build summary).
+    """
+    from midibert_jax.data import builders
+
+    folder, _ = midi_corpus
+    config = builders.folder_config(folder, max_len=TEST_MAX_LEN, valid_fraction=0.3, seed=0)
+    builder = builders.MidiFolder(
+        config=config,
+        data_dir=tmp_path_factory.mktemp("tfds_local"),
+        options=builders.BuildOptions(num_workers=2, timeout=30, progress=False),
+    )
+    builder.download_and_prepare()
+    return builder

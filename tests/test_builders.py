@@ -1,0 +1,271 @@
+"""TFDS builders: manifests over broken folders, Beam == local, the demo corpus, `prepare`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+
+from conftest import TEST_MAX_LEN
+from midibert_jax import tokenizer
+from midibert_jax.commands import prepare
+from midibert_jax.data import builders, demo_corpus, manifest, windows, workers
+from midibert_jax.tokenizer import vocab
+
+import midi_factory
+
+
+# -- the worker pool -------------------------------------------------------------------------
+
+
+def pool_task(x):
+    """Module-level so that spawned workers can import it."""
+    if x == "hang":
+        time.sleep(60)
+    if x == "die":
+        os._exit(3)
+    if x == "raise":
+        raise ValueError("bad item")
+    return x * 2
+
+
+def test_worker_pool_survives_hangs_crashes_and_exceptions():
+    items = ["a", "hang", "b", "die", "raise", "c"]
+    start = time.monotonic()
+    with workers.WorkerPool(pool_task, num_workers=2, timeout=3) as pool:
+        outcomes = list(pool.imap(items))
+        assert pool.replaced == 2
+        assert pool.run("z").value == "zz"  # replaced workers keep serving
+    assert time.monotonic() - start < 30
+    assert [o.item for o in outcomes] == items  # in input order
+    by_item = {o.item: o for o in outcomes}
+    assert by_item["a"].value == "aa" and by_item["c"].value == "cc"
+    assert by_item["hang"].error == workers.TIMEOUT and "3 s" in by_item["hang"].message
+    assert by_item["die"].error == workers.WORKER_CRASH and "exit code 3" in by_item["die"].message
+    assert by_item["raise"].error == workers.EXCEPTION and "ValueError: bad item" in by_item["raise"].message
+
+
+def test_failed_outcomes_become_skipped_records():
+    inp = builders.InputFile(piece_id=3, name="x.mid", path="/x.mid", sha256="ab", size=1, split="train")
+    for error, kind in [(workers.TIMEOUT, "timeout"), (workers.WORKER_CRASH, "worker_crash"), (workers.EXCEPTION, "internal_error")]:
+        record, result = builders.record_from_outcome(inp, workers.Outcome("/x.mid", error=error, message="boom\ntrace"), "piece")
+        assert result is None and record.status == "skipped" and record.error_kind == kind and record.reason == "boom"
+        assert record.path == "x.mid" and record.piece_id == 3
+
+
+# -- the folder builder ----------------------------------------------------------------------
+
+
+def test_folder_build_writes_a_complete_manifest(built_folder_dataset, midi_corpus):
+    folder, expected = midi_corpus
+    built = manifest.Manifest.load(built_folder_dataset.data_path)
+    assert {r.path: r.status for r in built.records} == expected  # every input file, nothing silent
+    assert [r.piece_id for r in built.records] == list(range(len(expected)))
+    for r in built.records:
+        if r.status == "ok":
+            assert r.sha256 and r.split in ("train", "validation") and r.num_windows > 0 and r.num_notes > 0
+        else:
+            assert r.reason and r.error_kind, r
+    kinds = {r.path: r.error_kind for r in built.records}
+    assert kinds["broken/empty.mid"] == "unreadable" and kinds["broken/noteless.MID"] == "no_notes"
+    by_path = {r.path: r for r in built.records}
+    assert by_path["copies/same_as_piece_00.mid"].reason == "identical to b/piece_00.mid"
+    assert by_path["copies/same_as_piece_00.mid"].split == by_path["b/piece_00.mid"].split
+    assert any("300 bars" in n for n in by_path["long.midi"].notes)
+    summary = built_folder_dataset.summary
+    assert summary["status"] == {"ok": 9, "skipped": 4, "duplicate": 1, "ignored": 1}
+    assert summary["examples"] == {s: summary["splits"][s]["windows"] for s in ("train", "validation")}
+    text = manifest.format_summary(summary)
+    assert "skipped 4" in text and "validation" in text
+    assert (built_folder_dataset.data_path / manifest.SUMMARY_FILENAME).exists()
+
+
+def test_folder_build_examples(built_folder_dataset, midi_corpus):
+    folder, _ = midi_corpus
+    records = {r.piece_id: r for r in manifest.Manifest.load(built_folder_dataset.data_path).records}
+    for split in ("train", "validation"):
+        source = builders.load_data_source(built_folder_dataset.data_path, split)
+        examples = sorted((source[i] for i in range(len(source))), key=lambda e: int(e["index"]))
+        assert [int(e["index"]) for e in examples] == list(range(len(source)))
+        tokens = np.stack([e["tokens"] for e in examples])
+        assert tokens.shape == (len(source), TEST_MAX_LEN, 8) and tokens.dtype == np.int32
+        real = ~np.all(tokens == vocab.PAD_ROW, axis=-1)
+        assert np.all(tokens[..., 0][real] < vocab.MAX_BARS)
+        assert np.all(tokens < np.asarray(vocab.VOCAB_SIZES))
+        # (piece_id, window) runs in order and matches the tokenizer's windows of that file.
+        keys = [(int(e["piece_id"]), int(e["window"])) for e in examples]
+        assert keys == sorted(keys)
+        for piece_id in {k[0] for k in keys}:
+            record = records[piece_id]
+            assert record.split == split
+            expect = windows.piece_windows(tokenizer.encode_file(folder / record.path), TEST_MAX_LEN)
+            got = np.stack([e["tokens"] for e in examples if int(e["piece_id"]) == piece_id])
+            np.testing.assert_array_equal(got, expect)
+
+
+@pytest.mark.parametrize("packing", ["piece", "reference"])
+def test_beam_direct_runner_build_equals_local_build(midi_corpus, tmp_path, packing):
+    import apache_beam as beam
+    import tensorflow_datasets as tfds
+
+    folder, _ = midi_corpus
+    config = builders.folder_config(folder, max_len=TEST_MAX_LEN, packing=packing, valid_fraction=0.3, seed=0)
+    options = builders.BuildOptions(num_workers=2, timeout=30, progress=False)
+    local = builders.MidiFolder(config=config, data_dir=tmp_path / "local", options=options)
+    local.download_and_prepare()
+    on_beam = builders.MidiFolder(config=config, data_dir=tmp_path / "beam", options=options)
+    on_beam.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(
+            beam_runner=beam.runners.DirectRunner(), beam_options=beam.options.pipeline_options.PipelineOptions([])
+        )
+    )
+    for split in ("train", "validation"):
+        a = builders.load_data_source(local.data_path, split)
+        b = builders.load_data_source(on_beam.data_path, split)
+        assert len(a) == len(b) > 0
+        ea = sorted((a[i] for i in range(len(a))), key=lambda e: int(e["index"]))
+        eb = sorted((b[i] for i in range(len(b))), key=lambda e: int(e["index"]))
+        for x, y in zip(ea, eb):
+            for key in ("tokens", "index", "piece_id", "window"):
+                np.testing.assert_array_equal(x[key], y[key])
+    assert not [p.name for p in on_beam.data_path.iterdir() if p.name.startswith("_")]  # temporary files removed
+    strip = lambda m: [dict(vars(r), seconds=0) for r in m.records]  # noqa: E731 (timings differ)
+    assert strip(manifest.Manifest.load(local.data_path)) == strip(manifest.Manifest.load(on_beam.data_path))
+    if packing == "reference":
+        source = builders.load_data_source(local.data_path, "train")
+        eos = sum(int(np.all(source[i]["tokens"] == vocab.EOS_ROW, axis=-1).sum()) for i in range(len(source)))
+        train_ok = [r for r in manifest.Manifest.load(local.data_path).records if r.status == "ok" and r.split == "train"]
+        assert eos == len(train_ok) + 1  # one EOS per 256-bar chunk; the 300-bar piece has two chunks
+
+
+def flaky_tokenize(path, **kwargs):
+    """The real task, except that files named hang*/crash* hang or kill their worker."""
+    name = os.path.basename(path)
+    if name.startswith("hang"):
+        time.sleep(60)
+    if name.startswith("crash"):
+        os._exit(11)
+    return workers.tokenize_piece(path, **kwargs)
+
+
+class FlakyFolder(builders.MidiFolder):
+    """A folder builder whose workers misbehave on purpose (test-only dataset name)."""
+
+    tokenize_task = staticmethod(flaky_tokenize)
+
+
+def test_a_hanging_or_crashing_file_is_skipped_and_the_build_completes(tmp_path):
+    for name in ("a.mid", "hang.mid", "b.mid", "crash.mid", "c.mid"):
+        midi_factory.write_piece(tmp_path / "corpus" / name, seed=len(name) + ord(name[0]))
+    config = builders.folder_config(tmp_path / "corpus", max_len=TEST_MAX_LEN, valid_fraction=0.0)
+    builder = FlakyFolder(
+        config=config, data_dir=tmp_path / "tfds", options=builders.BuildOptions(num_workers=2, timeout=3, progress=False)
+    )
+    builder.download_and_prepare()
+    records = {r.path: r for r in manifest.Manifest.load(builder.data_path).records}
+    assert records["hang.mid"].status == "skipped" and records["hang.mid"].error_kind == "timeout"
+    assert "3 s" in records["hang.mid"].reason
+    assert records["crash.mid"].status == "skipped" and records["crash.mid"].error_kind == "worker_crash"
+    assert "exit code 11" in records["crash.mid"].reason
+    assert [records[n].status for n in ("a.mid", "b.mid", "c.mid")] == ["ok"] * 3
+    assert builder.summary["examples"] == {"train": 3}
+
+
+def test_split_is_seeded_by_content_and_keeps_both_splits(tmp_path):
+    midi_factory.make_corpus(tmp_path, num_good=5, broken=False, extra_files=False)
+    def splits(seed):
+        inputs = builders.hash_and_split(builders.list_folder(tmp_path), 0.1, seed, progress=False)
+        return {i.name: i.split for i in inputs}
+    assert splits(0) == splits(0)
+    assert list(splits(0).values()).count("validation") in (1, 2)  # 1 piece (+ its duplicate)
+    assert any(splits(s) != splits(0) for s in range(1, 6))
+
+
+def test_the_default_folder_config_reads_manual_dir(tmp_path, capsys):
+    import tensorflow_datasets as tfds
+
+    midi_factory.make_corpus(tmp_path / "corpus", num_good=3, broken=False)
+    builder = builders.MidiFolder(config="default", data_dir=tmp_path / "tfds", options=builders.BuildOptions(num_workers=1))
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=tmp_path / "corpus"))
+    assert builder.summary["status"]["ok"] == 3 and builder.summary["source"] == str(tmp_path / "corpus")
+    assert "ok 3, skipped 0, duplicate 1, ignored 1" in capsys.readouterr().out  # the printed summary
+    assert builders.load_data_source(builder.data_path, "train")[0]["tokens"].shape == (1024, 8)
+
+
+def test_missing_folder_is_a_typed_error(tmp_path):
+    with pytest.raises(builders.BuildError, match="does not exist"):
+        builders.list_folder(tmp_path / "nope")
+
+
+# -- the demo corpus -------------------------------------------------------------------------
+
+
+def test_demo_works_exclude_the_held_out_collections():
+    works = demo_corpus.list_works()
+    collections = {w.collection for w in works}
+    assert not collections & set(demo_corpus.EXCLUDED_COLLECTIONS)
+    assert {"essenFolksong", "beethoven", "mozart"} <= collections
+    assert len(works) > 10_000 and len({w.key for w in works}) == len(works)
+    for held_out in demo_corpus.EXCLUDED_COLLECTIONS:
+        with pytest.raises(demo_corpus.DemoCorpusError, match="held out"):
+            demo_corpus.list_works([held_out])
+    chosen = demo_corpus.select_works(works, 300, seed=0)
+    assert chosen == demo_corpus.select_works(works, 300, seed=0) and len(chosen) == 300
+    assert {"beethoven", "haydn", "joplin"} <= {w.collection for w in chosen}  # small collections kept whole
+    assert demo_corpus.Work("essenFolksong/altdeu10.abc", 3).midi_path == "essenFolksong/altdeu10/00003.mid"
+
+
+def test_demo_builder_converts_caches_and_builds(tmp_path):
+    config = builders.demo_config(max_pieces=4, collections=("airdsAirs",), max_len=TEST_MAX_LEN, valid_fraction=0.25)
+    assert config.name != "default"
+    options = builders.BuildOptions(num_workers=2, progress=False, cache_dir=str(tmp_path / "cache"))
+    builder = builders.Music21Demo(config=config, data_dir=tmp_path / "tfds", options=options)
+    builder.download_and_prepare()
+    records = manifest.Manifest.load(builder.data_path).records
+    assert len(records) == 4 and all(r.path.startswith("airdsAirs/") and "#" in r.path for r in records)
+    assert builder.summary["status"]["ok"] == 4 and set(builder.summary["examples"]) == {"train", "validation"}
+    index = json.loads((tmp_path / "cache" / demo_corpus.CONVERSIONS_FILENAME).read_text())
+    assert len(index) == 4 and all(v["status"] == "ok" for v in index.values())
+    works = demo_corpus.select_works(demo_corpus.list_works(["airdsAirs"]), 4, 0)
+    again = demo_corpus.materialize(works, str(tmp_path / "cache"), progress=False)
+    assert all(c.cached and c.status == "ok" for c in again)
+
+
+def test_registered_demo_configs_are_found_by_fields():
+    assert builders.demo_config().name == "default"
+    assert builders.demo_config(packing="reference").name == "reference"
+    assert builders.demo_config(max_len=512).name == "n1000_fast-piece512-v10-s0"
+
+
+# -- the prepare command ---------------------------------------------------------------------
+
+
+def _prepare(argv):
+    parser = argparse.ArgumentParser()
+    prepare.add_arguments(parser)
+    return prepare.run(parser.parse_args(argv))
+
+
+def test_prepare_command_builds_a_folder_and_reuses_it(midi_corpus, tmp_path, capsys):
+    folder, _ = midi_corpus
+    argv = ["--folder", str(folder), "--data-dir", str(tmp_path), "--quiet", "--workers", "2",
+            "--set", "max_len=16", "--set", "valid_fraction=0.2"]
+    assert _prepare(argv) == 0
+    out = capsys.readouterr().out
+    assert "ok 9, skipped 4, duplicate 1, ignored 1" in out and "skipped broken/" in out
+    assert "piece16-v20-s0" in out
+    assert _prepare(argv) == 0
+    assert "Reusing" in capsys.readouterr().out
+
+
+def test_prepare_command_reports_bad_requests(tmp_path, capsys):
+    assert _prepare(["--folder", str(tmp_path / "missing"), "--data-dir", str(tmp_path), "--quiet"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert _prepare(["--set", "demo.collections=bach", "--data-dir", str(tmp_path), "--quiet"]) == 2
+    assert "held out" in capsys.readouterr().err
+    assert _prepare(["--set", "max_len=abc", "--data-dir", str(tmp_path)]) == 2
+    assert _prepare(["--config", f"{prepare.DEFAULT_CONFIG}:nope", "--data-dir", str(tmp_path)]) == 2
