@@ -356,13 +356,14 @@ cmd_setup() {
 }
 
 cmd_run() {
-  local env_words="" kv
+  # Every TPU worker joins the slice through jax.distributed (peers are auto-detected).
+  local env_words=" MIDIBERT_DISTRIBUTED=auto" kv
   for kv in ${EXTRA_ENV[@]+"${EXTRA_ENV[@]}"}; do
     env_words+=" $(shquote "$kv")"
   done
   local train
   train="$R_VENV/bin/midibert-jax $(shjoin "$TASK" --config "$CONFIG" --workdir "$WORKDIR" ${OVERRIDES[@]+"${OVERRIDES[@]}"})"
-  if [[ -n $env_words ]]; then train="env$env_words $train"; fi
+  train="env$env_words $train"
   local script
   script=$(statements \
     "set -euo pipefail" \

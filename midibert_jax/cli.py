@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 
+from midibert_jax.config_loading import ConfigError, split_overrides
 from midibert_jax.tokenizer.errors import TokenizerError
 
 # subcommand -> (module, one-line help)
@@ -18,6 +19,7 @@ COMMANDS = {
     "tokenize": ("midibert_jax.commands.tokenize", "MIDI file -> Octuple token array (.npy)"),
     "detokenize": ("midibert_jax.commands.detokenize", "Octuple token array (.npy) -> MIDI file"),
     "prepare": ("midibert_jax.commands.prepare", "build a TFDS dataset (demo corpus or a MIDI folder)"),
+    "pretrain": ("midibert_jax.commands.pretrain", "adversarial (or random-mask) pre-training"),
     "import-torch": ("midibert_jax.commands.import_torch", "convert a published PyTorch checkpoint"),
 }
 
@@ -43,10 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        argv, overrides = split_overrides(argv)
+    except ConfigError as e:
+        print(f"midibert-jax: error: {e}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
+    args.config_overrides = overrides
     try:
         return int(args._run(args) or 0)
-    except (TokenizerError, UserError, FileNotFoundError) as e:
+    except (TokenizerError, UserError, ConfigError, FileNotFoundError) as e:
         print(f"midibert-jax {args.command}: error: {e}", file=sys.stderr)
         return 2
 

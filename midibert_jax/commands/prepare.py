@@ -13,13 +13,9 @@ split); the manifest of every input file is written beside the shards.
 from __future__ import annotations
 
 import argparse
-import ast
-import importlib.util
 import os
 import pathlib
-import shlex
 import sys
-from typing import Any
 
 DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "prepare.py"
 
@@ -47,65 +43,21 @@ class PrepareError(Exception):
     """A bad prepare request (config file, override)."""
 
 
-def load_config(spec: str):
-    """`PATH[:ARG]` -> the ConfigDict of PATH's get_config(ARG)."""
-    path, _, arg = spec.partition(":") if not os.path.exists(spec) else (spec, "", "")
-    path = os.path.expanduser(path)
-    if not os.path.exists(path):
-        raise PrepareError(f"config file {path} not found")
-    module_spec = importlib.util.spec_from_file_location("_midibert_prepare_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    try:
-        return module.get_config(arg) if arg else module.get_config()
-    except ValueError as e:
-        raise PrepareError(f"{path}: {e}") from e
-
-
-def _parse_value(text: str, current: Any) -> Any:
-    if isinstance(current, bool):
-        if text.lower() in ("1", "true", "yes"):
-            return True
-        if text.lower() in ("0", "false", "no"):
-            return False
-        raise PrepareError(f"expected a boolean, got {text!r}")
-    if isinstance(current, str):
-        return text
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError) as e:
-        raise PrepareError(f"cannot parse {text!r}") from e
-    if isinstance(current, float) and isinstance(value, int):
-        value = float(value)
-    if current is not None and not isinstance(value, type(current)):
-        raise PrepareError(f"expected {type(current).__name__}, got {text!r}")
-    return value
-
-
-def apply_overrides(config, overrides: list[str]) -> None:
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep:
-            raise PrepareError(f"--set {item!r}: expected KEY=VALUE")
-        node, *rest = key.split(".")
-        target = config
-        path = [node, *rest]
-        for name in path[:-1]:
-            if name not in target:
-                raise PrepareError(f"--set {key}: unknown field {name!r}")
-            target = target[name]
-        if path[-1] not in target:
-            raise PrepareError(f"--set {key}: unknown field; known: {', '.join(sorted(target.keys()))}")
-        try:
-            target[path[-1]] = _parse_value(text, target[path[-1]])
-        except PrepareError as e:
-            raise PrepareError(f"--set {key}: {e}") from e
-
-
 def resolve_config(args: argparse.Namespace):
     """The config after --config, --set and the explicit flags."""
-    config = load_config(args.config)
-    apply_overrides(config, args.set)
+    from midibert_jax import config_loading  # pylint: disable=import-outside-toplevel
+
+    try:
+        config = config_loading.load_config(args.config)
+        for item in args.set:
+            key, sep, text = item.partition("=")
+            if not sep:
+                raise PrepareError(f"--set {item!r}: expected KEY=VALUE")
+            config_loading.apply_override(config, key, text)
+        for key, text in getattr(args, "config_overrides", []):
+            config_loading.apply_override(config, key, text)
+    except config_loading.ConfigError as e:
+        raise PrepareError(str(e)) from e
     if args.folder:
         config.dataset, config.folder = "folder", args.folder
     if args.data_dir:
@@ -125,66 +77,15 @@ def resolve_config(args: argparse.Namespace):
     return config
 
 
-def make_builder(config):
-    """The TFDS builder (not yet built) that `config` describes."""
-    from midibert_jax.data import builders  # pylint: disable=import-outside-toplevel
-
-    identity = dict(
-        max_len=config.max_len, packing=config.packing, valid_fraction=config.valid_fraction, seed=config.seed,
-        extra_pad_window=config.extra_pad_window,
-    )
-    options = builders.BuildOptions(
-        num_workers=config.num_workers, timeout=config.timeout, convert_timeout=config.demo.convert_timeout,
-        memory_limit_mb=config.memory_limit_mb or None, progress=config.progress, cache_dir=config.demo.cache_dir or None,
-        print_summary=False,  # `run` prints a fuller one
-    )
-    if config.dataset == "folder":
-        if not config.folder:
-            raise PrepareError("dataset=folder needs a folder (--folder PATH or --set folder=PATH)")
-        builder_config = builders.folder_config(os.path.expanduser(config.folder), name=config.name or None, **identity)
-        cls = builders.MidiFolder
-    elif config.dataset == "demo":
-        collections = tuple(c.strip() for c in config.demo.collections.split(",") if c.strip())
-        builder_config = builders.demo_config(
-            name=config.name or None, max_pieces=config.demo.max_pieces or None, collections=collections,
-            writer=config.demo.writer, **identity,
-        )
-        cls = builders.Music21Demo
-    else:
-        raise PrepareError(f"unknown dataset {config.dataset!r}; expected 'demo' or 'folder'")
-    data_dir = os.path.expanduser(config.data_dir)
-    return cls(config=builder_config, data_dir=data_dir, options=options)
-
-
-def download_config(config):
-    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-
-    kwargs = {}
-    if config.overwrite:
-        kwargs["download_mode"] = tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS
-    if config.beam:
-        import apache_beam as beam  # pylint: disable=import-outside-toplevel
-
-        flags = shlex.split(config.beam_options)
-        kwargs["beam_options"] = beam.options.pipeline_options.PipelineOptions(flags)
-        if not flags:
-            kwargs["beam_runner"] = beam.runners.DirectRunner()
-    return tfds.download.DownloadConfig(**kwargs)
-
-
 def run(args: argparse.Namespace) -> int:
-    from midibert_jax.data import builders, demo_corpus, manifest  # pylint: disable=import-outside-toplevel
+    from midibert_jax.data import builders, datasets, demo_corpus, manifest  # pylint: disable=import-outside-toplevel
 
     try:
         config = resolve_config(args)
-        builder = make_builder(config)
-        if not config.progress:
-            import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-
-            tfds.disable_progress_bar()
+        builder = datasets.make_builder(config)
         existed = builder.is_prepared() and not config.overwrite
-        builder.download_and_prepare(download_config=download_config(config))
-    except (PrepareError, builders.BuildError, demo_corpus.DemoCorpusError) as e:
+        datasets.prepare(config)
+    except (PrepareError, datasets.DatasetConfigError, builders.BuildError, demo_corpus.DemoCorpusError) as e:
         print(f"midibert-jax prepare: error: {e}", file=sys.stderr)
         return 2
     if existed:
