@@ -27,6 +27,8 @@ class MidiLimits:
     max_bytes: int = 32 * 2**20
     # pretty_midi allocates a float64 per tick of the file's length.
     max_ticks: int = 10_000_000
+    # About 2.8 hours at 120 BPM; keeps a decoded piece (480 ticks a beat) under max_ticks too.
+    max_beats: int = 20_000
     max_notes: int = 2_000_000
 
 
@@ -93,6 +95,8 @@ def _check_header_and_timing(midi: mido.MidiFile, limits: MidiLimits, path: str 
         end_tick = sum(msg.time for msg in track)
         if end_tick > limits.max_ticks:
             raise MidiTooLargeError(f"{end_tick} ticks long exceeds the limit of {limits.max_ticks}", path)
+        if end_tick / tpb > limits.max_beats:
+            raise MidiTooLargeError(f"{end_tick / tpb:.0f} beats long exceeds the limit of {limits.max_beats}", path)
     for msg in midi.tracks[0]:
         if msg.type == "set_tempo" and msg.tempo <= 0:
             raise AbsurdTempoError(f"tempo event of {msg.tempo} microseconds per beat", path)

@@ -1,0 +1,1 @@
+"""Tools for testing midibert-jax and code that uses it (fuzzers, generators)."""
