@@ -1,0 +1,94 @@
+"""Checks a run's config against itself and the devices before any data is built or code compiled.
+
+Each problem is a `ConfigError` naming the key and what would work, collected in one message,
+so a pod job fails in seconds rather than after building a dataset and compiling for minutes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+from midibert_jax.config_loading import ConfigError
+
+
+def _positive_ints(config, keys: list[str], problems: list[str]) -> None:
+    for key in keys:
+        node = config
+        for part in key.split("."):
+            node = node[part]
+        if not isinstance(node, int) or isinstance(node, bool) or node <= 0:
+            problems.append(f"{key} must be a positive integer, got {node!r}")
+
+
+def _mesh(config, num_devices: int, problems: list[str]) -> dict[str, int] | None:
+    from midibert_jax import sharding  # pylint: disable=import-outside-toplevel
+
+    unknown = set(config.mesh.keys()) - set(sharding.MESH_AXES)
+    if unknown:
+        problems.append(f"mesh has unknown axes {sorted(unknown)}; axes are {sharding.MESH_AXES}")
+        return None
+    try:
+        return dict(zip(sharding.MESH_AXES, sharding.mesh_shape(config.mesh, num_devices)))
+    except ValueError as e:
+        problems.append(f"mesh {dict(config.mesh)} does not fit {num_devices} device(s): {e}")
+        return None
+
+
+def _model(model, problems: list[str]) -> None:
+    from midibert_jax.model.attention import POSITION_TYPES  # pylint: disable=import-outside-toplevel
+    from midibert_jax.model.encoder import REMAT_POLICIES  # pylint: disable=import-outside-toplevel
+
+    if model.hidden_size % model.num_heads:
+        problems.append(f"model.hidden_size {model.hidden_size} is not divisible by model.num_heads {model.num_heads}")
+    if model.position_embedding not in POSITION_TYPES:
+        problems.append(f"model.position_embedding must be one of {POSITION_TYPES}, got {model.position_embedding!r}")
+    if model.remat not in REMAT_POLICIES:
+        problems.append(f"model.remat must be one of {tuple(REMAT_POLICIES)}, got {model.remat!r}")
+    for key in ("dtype", "param_dtype"):
+        if model[key] not in ("float32", "bfloat16", "float16"):
+            problems.append(f"model.{key} must be float32, bfloat16 or float16, got {model[key]!r}")
+    if model.masker.mode not in ("shared", "separate"):
+        problems.append(f"model.masker.mode must be 'shared' or 'separate', got {model.masker.mode!r}")
+
+
+def _batches(config, mesh: dict[str, int] | None, num_processes: int, problems: list[str]) -> None:
+    shards = mesh["data"] * mesh["fsdp"] if mesh else 1
+    for key in ("batch_size", "eval_batch_size"):
+        size = config.data[key]
+        need = math.lcm(shards, num_processes)
+        if isinstance(size, int) and size > 0 and size % need:
+            problems.append(
+                f"data.{key}={size} must be a multiple of {need} (data x fsdp = {shards} batch shards, "
+                f"{num_processes} process(es)); e.g. {need * max(1, round(size / need))}"
+            )
+
+
+def validate_pretrain(config: ml_collections.ConfigDict, *, num_devices: int, num_processes: int = 1) -> None:
+    """Raises ConfigError listing every problem of a pre-training config (configs/pretrain.py)."""
+    from midibert_jax.train import losses, mask_book, masking, optim  # pylint: disable=import-outside-toplevel
+
+    problems: list[str] = []
+    _positive_ints(config, ["data.batch_size", "data.eval_batch_size", "data.max_len", "train.steps",
+                            "train.log_every", "train.eval_every", "train.checkpoint_every",
+                            "train.keep_checkpoints", "model.num_layers", "model.num_heads"], problems)
+    if isinstance(config.data.max_len, int) and config.data.max_len % 8:
+        problems.append(f"data.max_len={config.data.max_len} must be a multiple of 8 (the mask book packs 8 notes a byte)")
+    if config.model.max_len != config.data.max_len:
+        problems.append(f"model.max_len={config.model.max_len} differs from data.max_len={config.data.max_len}")
+    for name, build in (("masking", masking.MaskingConfig.from_config), ("loss", losses.LossConfig.from_config),
+                        ("mask_book", mask_book.MaskBookConfig.from_config)):
+        try:
+            build(config[name])
+        except (ValueError, TypeError, KeyError) as e:
+            problems.append(f"{name}: {e}")
+    try:
+        optim.make_optimizer(config.optim)
+    except (ValueError, TypeError, KeyError) as e:
+        problems.append(f"optim: {e}")
+    _model(config.model, problems)
+    mesh = _mesh(config, num_devices, problems)
+    _batches(config, mesh, num_processes, problems)
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

@@ -1,0 +1,78 @@
+"""Configs: loading, typed overrides, and validation that fails before any build or compile."""
+
+import pytest
+
+from midibert_jax import cli
+from midibert_jax.config_loading import ConfigError, apply_override, load_config, load_with_overrides, split_overrides
+from midibert_jax.config_validation import validate_pretrain
+
+
+def test_variants_load_and_validate():
+    for arg in ("tiny", "base", "large", "tiny,runlocal", "tiny,masking=random", "base,reference", "tiny,masker=separate"):
+        config = load_config(f"configs/pretrain.py:{arg}")
+        validate_pretrain(config, num_devices=8)
+    config = load_config("configs/pretrain.py:base,reference")
+    assert config.loss.reference_sign_flip and config.masking.reference_pads_as_candidates
+    assert config.mask_book.reference_pads_as_candidates and config.loss.full_sequence_weight == 1.0
+
+
+def test_overrides_are_typed_and_keys_must_exist():
+    config = load_with_overrides("configs/pretrain.py:tiny", [("train.steps", "7"), ("optim.learning_rate", "1e-3"),
+                                                               ("masking.policy", "random")])
+    assert config.train.steps == 7 and config.optim.total_steps == 7  # a FieldReference follows train.steps
+    assert config.optim.learning_rate == 1e-3 and config.masking.policy == "random"
+    with pytest.raises(ConfigError, match="unknown config key 'train.stepz'"):
+        apply_override(config, "train.stepz", "3")
+    with pytest.raises(ConfigError, match="unknown config key 'trian'"):
+        apply_override(config, "trian.steps", "3")
+    with pytest.raises(ConfigError, match="train.steps: cannot parse 'many' as int"):
+        apply_override(config, "train.steps", "many")
+    with pytest.raises(ConfigError, match="train.steps: expected int"):
+        apply_override(config, "train.steps", "2.5")
+    with pytest.raises(ConfigError, match="expected a boolean"):
+        apply_override(config, "loss.reference_sign_flip", "perhaps")
+    with pytest.raises(ConfigError, match="unknown config modifier"):
+        load_config("configs/pretrain.py:tiny,turbo")
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("configs/nope.py:tiny")
+    rest, overrides = split_overrides(["pretrain", "--config.train.steps=3", "--workdir", "w", "--config.seed", "4"])
+    assert rest == ["pretrain", "--workdir", "w"] and overrides == [("train.steps", "3"), ("seed", "4")]
+
+
+@pytest.mark.parametrize(
+    "overrides,devices,processes,message",
+    [
+        ([("mesh.fsdp", "3")], 8, 1, "mesh .* does not fit 8 device"),
+        ([("mesh.data", "2"), ("mesh.fsdp", "2")], 8, 1, "does not fit 8"),
+        ([("mesh.fsdp", "4"), ("data.batch_size", "6")], 8, 1, r"data.batch_size=6 must be a multiple of 8"),
+        ([("data.eval_batch_size", "3")], 2, 1, r"data.eval_batch_size=3 must be a multiple of 2"),
+        ([("data.batch_size", "9")], 1, 2, r"data.batch_size=9 must be a multiple of 2 .*2 process"),
+        ([("model.num_heads", "3")], 1, 1, "hidden_size 256 is not divisible by model.num_heads 3"),
+        ([("masking.policy", "clever")], 1, 1, "masking.policy must be one of"),
+        ([("train.steps", "0")], 1, 1, "train.steps must be a positive integer"),
+        ([("data.max_len", "100")], 1, 1, "multiple of 8"),
+        ([("model.position_embedding", "alibi")], 1, 1, "position_embedding must be one of"),
+        ([("optim.schedule", "cosine")], 1, 1, "optim.schedule must be one of"),
+        ([("mask_book.unit", "hour")], 1, 1, "mask_book.unit must be one of"),
+    ],
+)
+def test_validation_names_the_key(overrides, devices, processes, message):
+    config = load_with_overrides("configs/pretrain.py:tiny", overrides)
+    with pytest.raises(ConfigError, match=message):
+        validate_pretrain(config, num_devices=devices, num_processes=processes)
+
+
+def test_cli_reports_config_errors_in_one_line(tmp_path, capsys):
+    code = cli.main(["pretrain", "--config", "configs/pretrain.py:tiny", "--workdir", str(tmp_path),
+                     "--config.train.stepz=3"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "unknown config key 'train.stepz'" in err and "Traceback" not in err
+
+
+def test_pretrain_command_validates_before_building_anything(tmp_path, capsys):
+    code = cli.main(["pretrain", "--config", "configs/pretrain.py:tiny", "--workdir", str(tmp_path / "w"),
+                     "--config.data.batch_size=0", f"--config.data.data_dir={tmp_path / 'tfds'}"])
+    assert code == 2
+    assert "data.batch_size must be a positive integer" in capsys.readouterr().err
+    assert not (tmp_path / "tfds").exists() and not (tmp_path / "w").exists()
