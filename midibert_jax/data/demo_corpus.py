@@ -419,3 +419,13 @@ def materialize(
         if progress:
             print(f"Converted {len(todo)} music21 works in {time.monotonic() - start:.1f} s ({failed} failed)")
     return [results[w] for w in works]
+
+
+def demo_midi_files(max_pieces: int | None = 200, seed: int = 0, *, progress: bool = False) -> list[str]:
+    """MIDI paths of the demo corpus' default selection (converted and cached on first use).
+
+    For benchmarks, notebooks and examples that want real files without building a dataset.
+    """
+    works = select_works(list_works(), max_pieces, seed)
+    conversions = materialize(works, default_cache_dir(), progress=progress)
+    return [c.midi_path for c in conversions if c.status == "ok"]

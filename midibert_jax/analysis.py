@@ -1,0 +1,123 @@
+"""Reading and plotting results: what the notebooks in notebooks/ call.
+
+Kept in the package (not in the notebooks) so it is tested and reusable from scripts:
+  read_metrics(workdir)                -> {key: (steps int [n], values float [n])}
+  plot_curves(axes, runs, keys)        loss / accuracy curves of several workdirs
+  note_rectangles(tokens)              onset, pitch, duration (in beats) of Octuple rows
+  piano_roll(ax, tokens, values=...)   notes as bars, coloured by a per-note value (e.g. masker score)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from midibert_jax.tokenizer import quantize, vocab
+
+
+def read_metrics(workdir: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """All scalars of `workdir/metrics.jsonl`, per key, sorted by step (later lines win on a repeated step)."""
+    path = os.path.join(os.fspath(workdir), "metrics.jsonl")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: is {workdir} a training workdir?")
+    series: dict[str, dict[int, float]] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            step = int(record.pop("step"))
+            record.pop("time", None)
+            for key, value in record.items():
+                if isinstance(value, (int, float)):
+                    series.setdefault(key, {})[step] = float(value)
+    return {
+        key: (np.array(sorted(points), np.int64), np.array([points[s] for s in sorted(points)], np.float64))
+        for key, points in series.items()
+    }
+
+
+def plot_curves(axes, runs: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]], keys: Sequence[str]) -> None:
+    """One subplot per key, one line per run (label -> read_metrics output)."""
+    for ax, key in zip(np.ravel(axes), keys):
+        for label, metrics in runs.items():
+            if key in metrics:
+                steps, values = metrics[key]
+                ax.plot(steps, values, label=label, marker="o" if len(steps) < 30 else None, markersize=3)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    np.ravel(axes)[0].legend()
+
+
+def note_rectangles(tokens: np.ndarray) -> dict[str, np.ndarray]:
+    """Onset and duration in beats, pitch and row index of the note rows of int [rows, 8] tokens.
+
+    Bars are laid end to end with each bar's own time signature; PAD/EOS/MASK rows are skipped.
+    """
+    tokens = np.asarray(tokens, np.int64)
+    regular = np.all(tokens < np.asarray(vocab.VOCAB.num_regular), axis=1)
+    rows = np.flatnonzero(regular)
+    notes = tokens[rows]
+    if len(notes) == 0:
+        return {"onset": np.zeros(0), "duration": np.zeros(0), "pitch": np.zeros(0, np.int64), "row": rows}
+    bar = notes[:, vocab.BAR]
+    bar_len = np.zeros(int(bar.max()) + 1, np.int64)
+    bar_len[bar] = quantize.bar_length(notes[:, vocab.TIMESIG])
+    bar_len[bar_len == 0] = 4 * vocab.POSITIONS_PER_BEAT
+    bar_start = np.concatenate([[0], np.cumsum(bar_len)[:-1]])
+    onset = (bar_start[bar] + notes[:, vocab.POSITION]) / vocab.POSITIONS_PER_BEAT
+    duration = np.maximum(quantize.token_to_duration(notes[:, vocab.DURATION]), 1) / vocab.POSITIONS_PER_BEAT
+    return {"onset": onset, "duration": duration, "pitch": notes[:, vocab.PITCH], "row": rows}
+
+
+def piano_roll(ax, tokens: np.ndarray, values: np.ndarray | None = None, *, cmap: str = "viridis",
+               vmin: float | None = None, vmax: float | None = None, title: str = ""):
+    """Draws the notes of `tokens` as horizontal bars; `values` [rows] colours each note's row.
+
+    Returns the ScalarMappable (for a colorbar) when values are given, else None.
+    """
+    import matplotlib as mpl  # pylint: disable=import-outside-toplevel
+    from matplotlib.collections import PatchCollection  # pylint: disable=import-outside-toplevel
+    from matplotlib.patches import Rectangle  # pylint: disable=import-outside-toplevel
+
+    notes = note_rectangles(tokens)
+    patches = [Rectangle((o, p - 0.4), d, 0.8) for o, p, d in zip(notes["onset"], notes["pitch"], notes["duration"])]
+    collection = PatchCollection(patches, linewidth=0)
+    mappable = None
+    if values is not None:
+        note_values = np.asarray(values, np.float64)[notes["row"]]
+        collection.set_array(note_values)
+        collection.set_cmap(cmap)
+        collection.set_clim(vmin if vmin is not None else note_values.min(initial=0.0),
+                            vmax if vmax is not None else note_values.max(initial=1.0))
+        mappable = collection
+    else:
+        collection.set_color("tab:blue")
+    ax.add_collection(collection)
+    if len(notes["onset"]):
+        ax.set_xlim(0, float((notes["onset"] + notes["duration"]).max()) + 0.5)
+        ax.set_ylim(float(notes["pitch"].min()) - 2, float(notes["pitch"].max()) + 2)
+    ax.set_xlabel("beat")
+    ax.set_ylabel("pitch")
+    if title:
+        ax.set_title(title)
+    if mappable is not None:
+        mpl.pyplot.colorbar(mappable, ax=ax)
+    return mappable
+
+
+def token_table(tokens: np.ndarray, rows: int = 12) -> str:
+    """The first `rows` Octuple rows as a text table with field names (notebook display)."""
+    names = vocab.token_names()
+    lines = ["  ".join(f"{f:>10s}" for f in vocab.FIELDS)]
+    for row in np.asarray(tokens)[:rows]:
+        cells = []
+        for f, field in enumerate(vocab.FIELDS):
+            name = names[field][int(row[f])]
+            cells.append(f"{name.split(' ', 1)[1]:>10s}"[:10].rjust(10))
+        lines.append("  ".join(cells))
+    return "\n".join(lines)
