@@ -34,6 +34,8 @@ from midibert_jax.tokenizer.midi_io import (
 )
 
 DECODE_TICKS_PER_BEAT = 480  # divisible by 16, so every position is a whole tick
+# Longer pieces get a coarser (still exact) resolution: pretty_midi keeps a float per tick.
+MAX_DECODE_TICKS = 9_000_000
 
 
 def _to_positions(ticks: np.ndarray, ticks_per_beat: int) -> np.ndarray:
@@ -196,24 +198,24 @@ def _validate_tokens(tokens: np.ndarray) -> np.ndarray:
     return tokens
 
 
-def decode(tokens: np.ndarray, *, ticks_per_beat: int = DECODE_TICKS_PER_BEAT) -> pretty_midi.PrettyMIDI:
+def decode(tokens: np.ndarray, *, ticks_per_beat: int | None = None) -> pretty_midi.PrettyMIDI:
     """Token rows (as `encode` writes them) -> PrettyMIDI, one instrument per program.
 
     PAD rows are skipped; each EOS row advances to the next 256-bar chunk. Onsets and
     durations come back as their bin values; bars without notes keep the previous bar's time
-    signature. `encode(decode(x))` reproduces `x` exactly.
+    signature. `encode(decode(x))` reproduces `x` exactly. The resolution is 480 ticks a beat,
+    or the largest multiple of 16 that keeps a very long piece under MAX_DECODE_TICKS.
     """
     tokens = _validate_tokens(tokens)
-    if ticks_per_beat % vocab.POSITIONS_PER_BEAT:
-        raise ValueError(f"ticks_per_beat must be a multiple of {vocab.POSITIONS_PER_BEAT}, got {ticks_per_beat}")
+    if ticks_per_beat is not None and (ticks_per_beat <= 0 or ticks_per_beat % vocab.POSITIONS_PER_BEAT):
+        raise ValueError(f"ticks_per_beat must be a positive multiple of {vocab.POSITIONS_PER_BEAT}, got {ticks_per_beat}")
     is_pad = np.all(tokens == vocab.PAD_ROW, axis=1)
     is_eos = np.all(tokens == vocab.EOS_ROW, axis=1)
     chunk = np.cumsum(is_eos)
     notes = tokens[~is_pad & ~is_eos]
     chunk = chunk[~is_pad & ~is_eos]
-    pm = pretty_midi.PrettyMIDI(resolution=ticks_per_beat)
     if len(notes) == 0:
-        return pm
+        return pretty_midi.PrettyMIDI(resolution=ticks_per_beat or DECODE_TICKS_PER_BEAT)
     bar = notes[:, vocab.BAR] + chunk * vocab.MAX_BARS
 
     # Bar lengths: each bar takes the time signature of its notes, empty bars the previous one.
@@ -225,8 +227,13 @@ def decode(tokens: np.ndarray, *, ticks_per_beat: int = DECODE_TICKS_PER_BEAT) -
     bar_start = np.concatenate([[0], np.cumsum(quantize.bar_length(bar_ts))[:-1]])
     ts_change = np.flatnonzero(np.concatenate([[True], bar_ts[1:] != bar_ts[:-1]]))
 
-    ticks_per_pos = ticks_per_beat // vocab.POSITIONS_PER_BEAT
     onset = bar_start[bar] + notes[:, vocab.POSITION]
+    end = onset + quantize.token_to_duration(notes[:, vocab.DURATION])
+    if ticks_per_beat is None:
+        ticks_per_pos = int(np.clip(MAX_DECODE_TICKS // max(int(end.max()), 1), 1, DECODE_TICKS_PER_BEAT // 16))
+        ticks_per_beat = ticks_per_pos * vocab.POSITIONS_PER_BEAT
+    ticks_per_pos = ticks_per_beat // vocab.POSITIONS_PER_BEAT
+    pm = pretty_midi.PrettyMIDI(resolution=ticks_per_beat)
     order = np.argsort(onset, kind="stable")
     tempo = notes[order, vocab.TEMPO]
     tempo_change = np.concatenate([[0], np.flatnonzero(tempo[1:] != tempo[:-1]) + 1])
@@ -235,7 +242,7 @@ def decode(tokens: np.ndarray, *, ticks_per_beat: int = DECODE_TICKS_PER_BEAT) -
     pm._tick_scales = [(int(t), 60.0 / (float(b) * ticks_per_beat)) for t, b in zip(tempo_ticks, bpm)]
 
     start_tick = onset * ticks_per_pos
-    end_tick = start_tick + quantize.token_to_duration(notes[:, vocab.DURATION]) * ticks_per_pos
+    end_tick = end * ticks_per_pos
     starts, ends = ticks_to_seconds(pm, start_tick), ticks_to_seconds(pm, end_tick)
     pm._update_tick_to_time(int(end_tick.max()) + 1)
 
