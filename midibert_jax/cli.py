@@ -20,6 +20,7 @@ COMMANDS = {
     "detokenize": ("midibert_jax.commands.detokenize", "Octuple token array (.npy) -> MIDI file"),
     "prepare": ("midibert_jax.commands.prepare", "build a TFDS dataset (demo corpus or a MIDI folder)"),
     "pretrain": ("midibert_jax.commands.pretrain", "adversarial (or random-mask) pre-training"),
+    "compile-check": ("midibert_jax.commands.compile_check", "compile the training step and print its memory"),
     "import-torch": ("midibert_jax.commands.import_torch", "convert a published PyTorch checkpoint"),
 }
 

@@ -38,3 +38,20 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
     np.save(junk, np.zeros((4, 3), np.int32))
     assert cli.main(["detokenize", str(junk)]) == 2
     assert "junk.npy" in capsys.readouterr().err
+
+
+def test_commands_import_no_jax_until_they_run():
+    """`--devices` of compile-check must be set before jax loads; building the parser must not load it."""
+    import subprocess
+    import sys
+
+    code = "import sys; from midibert_jax import cli; cli.build_parser(); print('jax' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_import_torch_kinds_match_the_converter():
+    from midibert_jax.commands import import_torch
+    from midibert_jax.model import torch_import
+
+    assert tuple(import_torch.KINDS) == tuple(torch_import.KINDS)

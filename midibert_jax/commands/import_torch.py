@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 
-import jax
-
-from midibert_jax.model import config_io, imported, torch_import
+KINDS = ("encoder", "pretrain", "masker", "token", "sequence")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="PyTorch .pth file (a state dict or {'state_dict': ...})")
-    parser.add_argument("--kind", required=True, choices=torch_import.KINDS, help="module layout of the checkpoint")
+    parser.add_argument("--kind", required=True, choices=KINDS, help="module layout of the checkpoint")
     parser.add_argument("--out", required=True, help="output directory (params/ + config.json)")
     parser.add_argument("--num-heads", type=int, default=None, help="attention heads (default: hidden // 64)")
     parser.add_argument(
@@ -27,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _base_config(state, kind):
+    from midibert_jax.model import config_io, torch_import  # pylint: disable=import-outside-toplevel
+
     prefix = "" if kind == "encoder" else "midibert."
     state = torch_import.strip_module_prefix(state)
     if prefix + "in_linear.weight" not in state:
@@ -37,6 +37,10 @@ def _base_config(state, kind):
 
 
 def run(args: argparse.Namespace) -> int:
+    import jax  # pylint: disable=import-outside-toplevel,unused-import
+
+    from midibert_jax.model import imported, torch_import  # pylint: disable=import-outside-toplevel
+
     state = torch_import.load_state_dict(args.checkpoint)
     base = _base_config(state, args.kind)
     base.scan_layers = not args.no_scan_layers
