@@ -495,6 +495,8 @@ class MidiFolder(tfds.core.GeneratorBasedBuilder):
 
     # The per-file task run in the worker processes: (path, *, max_len, packing) -> PieceResult.
     tokenize_task = staticmethod(workers.tokenize_piece)
+    # Splits this builder writes (listed in the summary when one ends up empty).
+    SPLITS: tuple[str, ...] = (TRAIN, VALIDATION)
 
     def __init__(self, *, options: BuildOptions | None = None, **kwargs):
         kwargs.setdefault("file_format", FILE_FORMAT)
@@ -565,7 +567,7 @@ class MidiFolder(tfds.core.GeneratorBasedBuilder):
                 "source": self._source_description(),
                 "config": _config_dict(self.config),
                 "examples": examples,
-                "empty_splits": [s for s in (TRAIN, VALIDATION) if s not in examples and self._split_expected(s)],
+                "empty_splits": [s for s in self.SPLITS if s not in examples and self._split_expected(s)],
                 "build_seconds": round(time.monotonic() - start, 2),
                 "beam": self._use_beam,
             }

@@ -38,7 +38,7 @@ def make_builder(config: ml_collections.ConfigDict) -> builders.MidiFolder:
             raise DatasetConfigError("data.dataset='folder' needs data.folder (a folder of MIDI files)")
         folder = os.path.expanduser(config.folder)
         if not os.path.isdir(folder):
-            raise DatasetConfigError(f"data.folder {folder} is not a folder")
+            raise DatasetConfigError(f"data.folder {folder} does not exist or is not a folder")
         builder_config = builders.folder_config(folder, name=config.name or None, **identity)
         cls = builders.MidiFolder
     elif config.dataset == "demo":

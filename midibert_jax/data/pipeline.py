@@ -21,7 +21,8 @@ The iterator is a grain ``DatasetIterator`` whose state (``get_state()`` /
 instead and must be restored with the same ``num_workers``; ``start_step`` still works. Batches are dicts of numpy arrays with
 fixed shapes: ``tokens`` int32 [B, L, 8], ``index`` int64 [B] (the example's stable index in
 its split, for the mask book), ``piece_id`` int32 [B], ``window`` int32 [B], ``valid`` bool
-[B] (False only for the padding of the last evaluation batch).
+[B] (False only for the padding of the last evaluation batch). Other example keys (the
+fine-tuning ``labels`` int32 [B, L] / ``label`` int32 [B]) are stacked too; padding gets -1.
 
 Note: the permutation is over positions in the data source (TFDS shuffles examples when
 writing), which are fixed for a given set of built files; the stable ``index`` feature is
@@ -113,13 +114,26 @@ class BatchPlan:
         return np.asarray([shuffle(int(i), max_index=self.num_examples - 1, seed=seed, rounds=4) for i in order], np.int64)
 
 
-def _padding_example(max_len: int) -> dict[str, np.ndarray]:
-    return {
+def _padding_example(max_len: int, template: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """A padding example; extra keys of `template` (e.g. fine-tuning `labels`/`label`) are filled with -1."""
+    out = {
         "tokens": np.broadcast_to(vocab.PAD_ROW, (max_len, vocab.NUM_FIELDS)).astype(np.int32),
         "index": np.int64(-1),
         "piece_id": np.int32(-1),
         "window": np.int32(-1),
     }
+    for key, value in (template or {}).items():
+        if key not in out:
+            value = _as_array(value)
+            out[key] = np.full(value.shape, -1, value.dtype)
+    return out
+
+
+def _as_array(value: Any) -> np.ndarray:
+    """An example value as numpy; Python ints (how TFDS returns int32 scalars) become int32."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        return np.asarray(value, np.int32 if isinstance(value, int) else value.dtype)
+    return np.asarray(value)
 
 
 class ReadBatch:
@@ -135,17 +149,21 @@ class ReadBatch:
         getitems = getattr(self.source, "__getitems__", None)
         examples = list(getitems(real)) if getitems is not None else [self.source[p] for p in real]
         if len(real) < len(positions):
-            max_len = np.asarray(examples[0]["tokens"]).shape[0] if examples else None
-            if max_len is None:
-                max_len = np.asarray(self.source[0]["tokens"]).shape[0]
-            examples += [_padding_example(max_len)] * (len(positions) - len(real))
-        return {
+            template = examples[0] if examples else self.source[0]
+            max_len = np.asarray(template["tokens"]).shape[0]
+            examples += [_padding_example(max_len, template)] * (len(positions) - len(real))
+        batch = {
             "tokens": np.stack([np.asarray(e["tokens"], np.int32) for e in examples]),
             "index": np.asarray([e["index"] for e in examples], np.int64),
             "piece_id": np.asarray([e["piece_id"] for e in examples], np.int32),
             "window": np.asarray([e["window"] for e in examples], np.int32),
             "valid": positions >= 0,
         }
+        # Any other example keys (fine-tuning `labels` [L] / `label` []) are stacked as they are.
+        for key in examples[0]:
+            if key not in batch:
+                batch[key] = np.stack([_as_array(e[key]) for e in examples])
+        return batch
 
 
 def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
