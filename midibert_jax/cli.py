@@ -12,6 +12,7 @@ import importlib
 import sys
 
 from midibert_jax.config_loading import ConfigError, split_overrides
+from midibert_jax.data.errors import DataError
 from midibert_jax.tokenizer.errors import TokenizerError
 
 # subcommand -> (module, one-line help)
@@ -20,6 +21,9 @@ COMMANDS = {
     "detokenize": ("midibert_jax.commands.detokenize", "Octuple token array (.npy) -> MIDI file"),
     "prepare": ("midibert_jax.commands.prepare", "build a TFDS dataset (demo corpus or a MIDI folder)"),
     "pretrain": ("midibert_jax.commands.pretrain", "adversarial (or random-mask) pre-training"),
+    "finetune": ("midibert_jax.commands.finetune", "fine-tune a classifier on a note- or sequence-level task"),
+    "evaluate": ("midibert_jax.commands.evaluate", "evaluate a workdir: metrics JSON and confusion matrix"),
+    "predict": ("midibert_jax.commands.predict", "run a fine-tuned model on your own MIDI file"),
     "compile-check": ("midibert_jax.commands.compile_check", "compile the training step and print its memory"),
     "import-torch": ("midibert_jax.commands.import_torch", "convert a published PyTorch checkpoint"),
 }
@@ -56,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     args.config_overrides = overrides
     try:
         return int(args._run(args) or 0)
-    except (TokenizerError, UserError, ConfigError, FileNotFoundError) as e:
+    except (TokenizerError, DataError, UserError, ConfigError, FileNotFoundError) as e:
         print(f"midibert-jax {args.command}: error: {e}", file=sys.stderr)
         return 2
 

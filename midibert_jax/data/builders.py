@@ -61,6 +61,7 @@ from etils import epath
 from tqdm.auto import tqdm
 
 from midibert_jax.data import demo_corpus, manifest, windows, workers
+from midibert_jax.data.errors import DataError
 from midibert_jax.tokenizer import vocab
 
 TRAIN, VALIDATION = "train", "validation"
@@ -68,7 +69,7 @@ MIDI_EXTENSIONS = (".mid", ".midi", ".kar")
 FILE_FORMAT = "array_record"
 
 
-class BuildError(Exception):
+class BuildError(DataError):
     """A dataset build that cannot proceed (bad config, no inputs)."""
 
 

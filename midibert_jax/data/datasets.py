@@ -16,9 +16,10 @@ import ml_collections
 from etils import epath
 
 from midibert_jax.data import builders, manifest
+from midibert_jax.data.errors import DataError
 
 
-class DatasetConfigError(ValueError):
+class DatasetConfigError(DataError, ValueError):
     """A data config that names no usable dataset (e.g. dataset='folder' without a folder)."""
 
 

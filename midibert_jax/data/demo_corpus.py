@@ -31,6 +31,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from midibert_jax.data import workers
+from midibert_jax.data.errors import DataError
 
 # Collections held out for independent evaluation: never part of the demo corpus.
 EXCLUDED_COLLECTIONS = ("bach", "palestrina", "monteverdi", "trecento")
@@ -44,7 +45,7 @@ TICKS_PER_QUARTER = 480
 DEFAULT_VELOCITY = 90  # what music21 realizes without dynamics
 
 
-class DemoCorpusError(Exception):
+class DemoCorpusError(DataError):
     """A bad demo-corpus request (unknown or excluded collection, bad option)."""
 
 

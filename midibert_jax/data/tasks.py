@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 
 from midibert_jax.data import workers
+from midibert_jax.data.errors import DataError
 
 NOTE, SEQUENCE = "note", "sequence"
 LEVELS = (NOTE, SEQUENCE)
@@ -90,7 +91,7 @@ DEMO_FIRST_PART, DEMO_OTHER_PARTS = "MELODY", "ACCOMPANIMENT"
 # Errors: every bad input is a typed error that names the problem.
 
 
-class TaskDataError(Exception):
+class TaskDataError(DataError):
     """A fine-tuning dataset that cannot be built as asked."""
 
 

@@ -1,0 +1,127 @@
+"""Classification metrics on the host (numpy): confusion matrix, accuracy, macro-F1, per-class P/R/F1.
+
+Conventions (those of scikit-learn with `zero_division=0`):
+  * confusion[i, j] counts items of true class i predicted as class j.
+  * precision_c = tp / predicted_c, recall_c = tp / support_c, F1 = 2PR / (P + R); 0 where undefined.
+  * macro-F1 is the mean F1 over the classes that occur in the labels or the predictions (a class
+    absent from both does not pull the mean down).
+
+Sequence tasks classify every window of a piece; `aggregate_pieces` averages the window
+probabilities per piece (the piece's prediction is the argmax of the mean).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """int64 [C, C] from integer labels and predictions of any equal shape; label < 0 or weight 0 is skipped."""
+    labels = np.asarray(labels).reshape(-1)
+    preds = np.asarray(preds).reshape(-1)
+    keep = labels >= 0
+    if weights is not None:
+        keep &= np.asarray(weights).reshape(-1).astype(bool)
+    labels, preds = labels[keep].astype(np.int64), preds[keep].astype(np.int64)
+    if labels.size and (labels.max() >= num_classes or preds.min() < 0 or preds.max() >= num_classes):
+        raise ValueError(f"labels or predictions outside 0..{num_classes - 1}")
+    return np.bincount(labels * num_classes + preds, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
+    return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+
+
+def summarize(confusion: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
+    """JSON-ready metrics of a confusion matrix.
+
+    Returns:
+      {"accuracy", "macro_f1", "count", "per_class": {name: {"precision", "recall", "f1", "support"}},
+       "confusion_matrix": [[int]]}
+    """
+    cm = np.asarray(confusion, np.int64)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or cm.shape[0] != len(class_names):
+        raise ValueError(f"confusion matrix {cm.shape} does not match {len(class_names)} class names")
+    tp = np.diag(cm)
+    support = cm.sum(1)
+    predicted = cm.sum(0)
+    precision = _safe_div(tp, predicted)
+    recall = _safe_div(tp, support)
+    f1 = _safe_div(2 * precision * recall, precision + recall)
+    present = (support > 0) | (predicted > 0)
+    total = int(cm.sum())
+    return {
+        "accuracy": float(tp.sum() / total) if total else 0.0,
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "count": total,
+        "per_class": {
+            name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
+            for i, name in enumerate(class_names)
+        },
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+def aggregate_pieces(probs: np.ndarray, piece_ids: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean window probabilities per piece.
+
+    Args:
+      probs: float [N, C] window class probabilities; piece_ids: int [N]; labels: int [N] (one per window,
+        the same for every window of a piece).
+    Returns:
+      (piece ids [P] ascending, mean probabilities [P, C], labels [P]).
+    Raises:
+      ValueError: the windows of one piece carry different labels.
+    """
+    probs = np.asarray(probs, np.float64)
+    piece_ids = np.asarray(piece_ids).reshape(-1)
+    labels = np.asarray(labels).reshape(-1)
+    pieces, inverse = np.unique(piece_ids, return_inverse=True)
+    sums = np.zeros((len(pieces), probs.shape[1]))
+    np.add.at(sums, inverse, probs)
+    counts = np.bincount(inverse, minlength=len(pieces))
+    piece_labels = np.full(len(pieces), -1, np.int64)
+    piece_labels[inverse] = labels
+    mismatch = piece_labels[inverse] != labels
+    if mismatch.any():
+        raise ValueError(f"the windows of piece {piece_ids[np.argmax(mismatch)]} carry different labels")
+    return pieces, sums / counts[:, None], piece_labels
+
+
+def plot_confusion(confusion: np.ndarray, class_names: Sequence[str], path, title: str = "") -> None:
+    """Writes a PNG (local or cloud path) of the row-normalised confusion matrix, counts in the cells (Agg)."""
+    import io  # pylint: disable=import-outside-toplevel
+
+    from etils import epath  # pylint: disable=import-outside-toplevel
+
+    import matplotlib  # pylint: disable=import-outside-toplevel
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+    cm = np.asarray(confusion, np.int64)
+    n = len(class_names)
+    norm = _safe_div(cm, cm.sum(1, keepdims=True).repeat(n, axis=1))
+    size = max(5.0, 0.6 * n + 3.0)
+    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    image = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    ax.set_xticks(range(n), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(n), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if title:
+        ax.set_title(title, fontsize=9)
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    epath.Path(path).write_bytes(buffer.getvalue())
