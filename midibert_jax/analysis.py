@@ -5,6 +5,8 @@ Kept in the package (not in the notebooks) so it is tested and reusable from scr
   plot_curves(axes, runs, keys)        loss / accuracy curves of several workdirs
   note_rectangles(tokens)              onset, pitch, duration (in beats) of Octuple rows
   piano_roll(ax, tokens, values=...)   notes as bars, coloured by a per-note value (e.g. masker score)
+  PretrainRun(workdir)                 checkpoints, masker scores and mask book of a pre-training run
+  eval_result / per_class_table / draw_confusion    fine-tuning evaluations
 """
 
 from __future__ import annotations
@@ -120,4 +122,97 @@ def token_table(tokens: np.ndarray, rows: int = 12) -> str:
             name = names[field][int(row[f])]
             cells.append(f"{name.split(' ', 1)[1]:>10s}"[:10].rjust(10))
         lines.append("  ".join(cells))
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- pre-training runs
+
+
+class PretrainRun:
+    """A pre-training workdir opened for inspection: its checkpoints, masker and mask book.
+
+        run = PretrainRun("runs/demo/pretrain")
+        tokens, index = run.train_window()
+        view = run.masker_view(run.steps[-1], tokens, index)   # scores, selected, frozen per row
+    """
+
+    def __init__(self, workdir: str):
+        import ml_collections  # pylint: disable=import-outside-toplevel
+
+        from midibert_jax.train import finetune, pretrain, warm_start  # pylint: disable=import-outside-toplevel
+
+        self.workdir = workdir
+        directory, _ = warm_start.find_step(workdir, "latest")
+        self.checkpoint_dir = directory
+        self.steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+        config, _ = finetune.load_run_config(workdir, "latest")
+        self.config = ml_collections.ConfigDict(finetune._single_process_mesh(config).to_dict())  # pylint: disable=protected-access
+        self.trainer = pretrain.Trainer(self.config, workdir)
+        self.data = pretrain.load_data(self.config.data)
+
+    def train_window(self, index: int = -1, search: int = 64) -> tuple[np.ndarray, int]:
+        """(tokens int32 [L, 8], global index) of training window `index`; -1: the fullest of the first `search`."""
+        source = self.data.train
+        if index < 0:
+            candidates = [source[i] for i in range(min(search, len(source)))]
+            best = max(candidates, key=lambda e: int((np.asarray(e["tokens"])[:, vocab.BAR] != vocab.PAD_ROW[vocab.BAR]).sum()))
+        else:
+            best = next(e for e in (source[i] for i in range(len(source))) if int(e["index"]) == index)
+        return np.asarray(best["tokens"], np.int32), int(best["index"])
+
+    def restore(self, step: int):
+        """(params, mask book uint8 [N, L/8]) of checkpoint `step`."""
+        from midibert_jax.train import checkpointing  # pylint: disable=import-outside-toplevel
+
+        ckpt = checkpointing.Checkpointer(os.fspath(self.checkpoint_dir), save_every=1, keep_last=10**6)
+        try:
+            book = np.zeros((len(self.data.train), self.config.model.max_len // 8), np.uint8)
+            restored = ckpt.restore(self.trainer.abstract_state, mask_book_target=book, step=step)
+        finally:
+            ckpt.close()
+        return restored.state.params, np.asarray(restored.mask_book)
+
+    def masker_view(self, step: int, tokens: np.ndarray, index: int) -> dict[str, np.ndarray]:
+        """The masker's scores of one window at `step`, the notes the adversarial policy would mask
+        (with that step's mask book) and the notes the book holds frozen. Each [L]."""
+        import jax  # pylint: disable=import-outside-toplevel
+        import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+        from midibert_jax.train import mask_book, masking  # pylint: disable=import-outside-toplevel
+
+        params, book = self.restore(step)
+        batch = jnp.asarray(tokens[None])
+        nonpad = masking.non_pad(batch)
+        scores = self.trainer.model.apply({"params": params}, batch, nonpad, deterministic=True, method="mask_scores")
+        frozen = jnp.asarray(mask_book.gather(book, np.array([index])))
+        idx = jnp.array([index], jnp.int32)
+        masked = masking.adversarial_mask(jax.random.key(step), batch, idx, scores, frozen, self.trainer.masking_cfg)
+        return {"step": step, "scores": np.asarray(scores[0]), "selected": np.asarray(masked.selected[0]),
+                "frozen": np.asarray(frozen[0])}
+
+
+# ----------------------------------------------------------------------------- fine-tuning results
+
+
+from midibert_jax.train.classification_metrics import draw_confusion  # noqa: E402  (re-exported for notebooks)
+
+
+def eval_result(workdir: str, split: str = "test") -> dict:
+    """`workdir/eval_<split>.json`, evaluating the workdir first when it is missing."""
+    path = os.path.join(workdir, f"eval_{split}.json")
+    if not os.path.exists(path):
+        from midibert_jax.train import finetune  # pylint: disable=import-outside-toplevel
+
+        return finetune.evaluate_workdir(workdir, split)
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def per_class_table(result: dict) -> str:
+    """Per-class precision / recall / F1 / support of an evaluation result, as text."""
+    lines = [f"{'class':>16s} {'precision':>9s} {'recall':>7s} {'f1':>6s} {'support':>8s}"]
+    per_class = result["per_class"]
+    rows = per_class.items() if isinstance(per_class, dict) else ((c["name"], c) for c in per_class)
+    for name, c in rows:
+        lines.append(f"{name:>16s} {c['precision']:9.3f} {c['recall']:7.3f} {c['f1']:6.3f} {int(c['support']):8d}")
     return "\n".join(lines)

@@ -17,6 +17,7 @@ from midibert_jax.tokenizer.errors import TokenizerError
 
 # subcommand -> (module, one-line help)
 COMMANDS = {
+    "demo": ("midibert_jax.commands.demo", "the README's main job: pre-train, fine-tune and evaluate on the demo corpus"),
     "tokenize": ("midibert_jax.commands.tokenize", "MIDI file -> Octuple token array (.npy)"),
     "detokenize": ("midibert_jax.commands.detokenize", "Octuple token array (.npy) -> MIDI file"),
     "prepare": ("midibert_jax.commands.prepare", "build a TFDS dataset (demo corpus or a MIDI folder)"),

@@ -92,36 +92,40 @@ def aggregate_pieces(probs: np.ndarray, piece_ids: np.ndarray, labels: np.ndarra
     return pieces, sums / counts[:, None], piece_labels
 
 
+def draw_confusion(ax, confusion: np.ndarray, class_names: Sequence[str], title: str = ""):
+    """Row-normalised confusion matrix on a matplotlib `ax`, raw counts in the cells; returns the image."""
+    cm = np.asarray(confusion, np.int64)
+    n = len(class_names)
+    norm = _safe_div(cm, cm.sum(1, keepdims=True).repeat(n, axis=1))
+    image = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(n), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(n), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if title:
+        ax.set_title(title)
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    return image
+
+
 def plot_confusion(confusion: np.ndarray, class_names: Sequence[str], path, title: str = "") -> None:
     """Writes a PNG (local or cloud path) of the row-normalised confusion matrix, counts in the cells (Agg)."""
     import io  # pylint: disable=import-outside-toplevel
 
     from etils import epath  # pylint: disable=import-outside-toplevel
 
-    import matplotlib  # pylint: disable=import-outside-toplevel
+    from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel  # no pyplot: no global backend
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-
-    cm = np.asarray(confusion, np.int64)
     n = len(class_names)
-    norm = _safe_div(cm, cm.sum(1, keepdims=True).repeat(n, axis=1))
-    size = max(5.0, 0.6 * n + 3.0)
-    fig, ax = plt.subplots(figsize=(size, size * 0.9))
-    image = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
+    size = max(4.0, 0.6 * n + 2.5)
+    fig = Figure(figsize=(size, size * 0.9))
+    ax = fig.subplots()
+    image = draw_confusion(ax, confusion, class_names, title)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
-    ax.set_xticks(range(n), class_names, rotation=45, ha="right")
-    ax.set_yticks(range(n), class_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if title:
-        ax.set_title(title, fontsize=9)
-    for i in range(n):
-        for j in range(n):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
-                    color="white" if norm[i, j] > 0.5 else "black")
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
     epath.Path(path).write_bytes(buffer.getvalue())
