@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import sys
 
 import ml_collections
 from etils import epath
@@ -71,14 +72,34 @@ def download_config(config: ml_collections.ConfigDict):
     return tfds.download.DownloadConfig(**kwargs)
 
 
+def _process_index_and_barrier():
+    """(this process' index, a barrier) in a jax.distributed run; (0, no-op) otherwise."""
+    jax = sys.modules.get("jax")
+    if jax is None or not jax.distributed.is_initialized() or jax.process_count() == 1:
+        return 0, lambda name: None
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
+    return jax.process_index(), multihost_utils.sync_global_devices
+
+
 def prepare(config: ml_collections.ConfigDict) -> epath.Path:
-    """Builds the dataset if needed; returns its folder (<data_dir>/<name>/<config>/<version>)."""
+    """Builds the dataset if needed; returns its folder (<data_dir>/<name>/<config>/<version>).
+
+    In a multi-process run process 0 builds first and the others wait, then reuse its files
+    (shared data_dir) or build their own copy (a data_dir on each host's local disk).
+    """
     builder = make_builder(config)
     if not config.progress:
         import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
         tfds.disable_progress_bar()
-    builder.download_and_prepare(download_config=download_config(config))
+    process, barrier = _process_index_and_barrier()
+    if process == 0:
+        builder.download_and_prepare(download_config=download_config(config))
+    barrier(f"midibert_jax dataset {builder.data_path}")
+    if process != 0:
+        builder = make_builder(config)  # sees process 0's files when data_dir is shared
+        builder.download_and_prepare(download_config=download_config(config))
     return builder.data_path
 
 
