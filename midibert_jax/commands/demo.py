@@ -21,8 +21,9 @@ TASKS = ("demo_note", "demo_sequence")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", default="runs/demo", help="folder of all the demo's runs (default: %(default)s)")
-    parser.add_argument("--pretrain-steps", type=int, default=0, help="pre-training steps (0: the config's)")
-    parser.add_argument("--finetune-epochs", type=int, default=0, help="fine-tuning epochs (0: the config's)")
+    parser.add_argument("--pretrain-steps", type=int, default=300, help="pre-training steps (default: %(default)s)")
+    parser.add_argument("--finetune-epochs", type=int, default=5, help="fine-tuning epochs (default: %(default)s)")
+    parser.add_argument("--max-len", type=int, default=128, help="notes per window (default: %(default)s)")
     parser.add_argument("--no-scratch", action="store_true", help="skip the from-scratch comparison runs")
 
 
@@ -46,9 +47,10 @@ def run(args: argparse.Namespace) -> int:
 
     root = args.workdir
     pre_dir = os.path.join(root, "pretrain")
-    overrides = list(args.config_overrides)
-    if args.pretrain_steps:
-        overrides.append(("train.steps", str(args.pretrain_steps)))
+    # Laptop scale: short windows, a few hundred steps, evaluation and mask-book updates every 50/100.
+    overrides = [("data.max_len", str(args.max_len)), ("train.steps", str(args.pretrain_steps)),
+                 ("train.eval_every", "50"), ("train.checkpoint_every", "100"), ("mask_book.every", "100"),
+                 ("optim.warmup_steps", "30")] + list(args.config_overrides)
     pre_config = config_loading.load_with_overrides("configs/pretrain.py:tiny,runlocal", overrides)
     validate_pretrain(pre_config, num_devices=jax.device_count(), num_processes=jax.process_count())
     print(f"[demo] 1/3 pre-training the tiny model on the demo corpus -> {pre_dir}")
@@ -58,9 +60,9 @@ def run(args: argparse.Namespace) -> int:
     for task in TASKS:
         for init in ("pretrained",) + (() if args.no_scratch else ("scratch",)):
             spec = f"configs/finetune.py:{task},runlocal" + (",scratch" if init == "scratch" else "")
-            ft_overrides = [("train.init_from", pre_dir)] if init == "pretrained" else []
-            if args.finetune_epochs:
-                ft_overrides.append(("train.epochs", str(args.finetune_epochs)))
+            ft_overrides = [("data.max_len", str(pre_config.data.max_len)), ("train.epochs", str(args.finetune_epochs))]
+            if init == "pretrained":
+                ft_overrides.append(("train.init_from", pre_dir))
             config = config_loading.load_with_overrides(spec, ft_overrides)
             workdir = os.path.join(root, "finetune", f"{task}_{init}")
             print(f"[demo] 2/3 fine-tuning {task} ({init}) -> {workdir}")
