@@ -163,12 +163,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.optim.schedule = "warmup_cosine"
         config.optim.warmup_steps = 50
         config.optim.end_learning_rate = 5e-5
-        config.model.max_len = config.data.max_len
     if "v4_32" in options:  # 16 chips x 2 hosts... see docs/scaling.md
         config.mesh.update({"data": -1, "fsdp": 4, "tensor": 1})
         config.data.batch_size = 256
     if "v5e_256" in options:
         config.mesh.update({"data": -1, "fsdp": 16, "tensor": 1})
         config.data.batch_size = 2048
-    config.model.max_len = config.data.max_len
+    if config.masking.policy == "random":
+        config.mask_book.every = 0  # the random baseline has no mask book (only the adversarial policy reads it)
+    # The model's max_len follows the windows' (a reference: overriding data.max_len changes both).
+    config.model.max_len = config.data.get_ref("max_len")
     return config

@@ -37,6 +37,8 @@ from midibert_jax.model import models
 from midibert_jax.tokenizer import vocab
 from midibert_jax.train import checkpointing, losses, mask_book, masking, metrics, optim
 from midibert_jax.train.preemption import PreemptionGuard
+from midibert_jax.train.sharded_state import abstract_train_state  # shared with fine-tuning
+from midibert_jax.train.sharded_state import replicated as _replicated
 from midibert_jax.train.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -142,36 +144,6 @@ def load_data(data_config: ml_collections.ConfigDict) -> Data:
     return Data(train, valid, os.fspath(dataset_dir), notes)
 
 
-def _replicated(mesh):
-    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-
-
-def abstract_train_state(config, model, tx, mesh, rules):
-    """(abstract TrainState with a sharding on every leaf, their shardings, init function).
-
-    The state is traced once with boxed (logically annotated) parameters: optax builds its
-    moments with the same boxes, so every parameter-shaped leaf gets its parameter's sharding
-    and the rest (step, counts, rng, field weights) is replicated.
-    """
-    import flax.linen as nn  # pylint: disable=import-outside-toplevel
-
-    tokens = jnp.broadcast_to(jnp.asarray(vocab.PAD_ROW), (1, config.model.max_len, vocab.NUM_FIELDS))
-
-    def init_state(seed: int, boxed: bool = False) -> TrainState:
-        params = model.init({"params": jax.random.fold_in(jax.random.key(seed), 1)}, tokens, deterministic=True)
-        params = params["params"] if boxed else nn.unbox(params["params"])
-        return TrainState.create(params=params, tx=tx, seed=seed)
-
-    with sharding.activate(mesh, rules):
-        boxed = jax.eval_shape(lambda: init_state(config.seed, boxed=True))
-        plain = jax.eval_shape(lambda: init_state(config.seed))
-    shardings = sharding.shardings_of(boxed, mesh, rules)
-    abstract = jax.tree_util.tree_map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), plain, shardings
-    )
-    return abstract, shardings, init_state
-
-
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -189,6 +161,11 @@ class Trainer:
         self.masking_cfg = masking.MaskingConfig.from_config(cfg.masking)
         self.loss_cfg = losses.LossConfig.from_config(cfg.loss)
         self.book_cfg = mask_book.MaskBookConfig.from_config(cfg.mask_book)
+        if self.masking_cfg.policy != "adversarial" and self.book_cfg.every:
+            # Only the adversarial policy reads the book; refreshing it would be a wasted masker pass.
+            log.warning("masking.policy=%s ignores the mask book: mask_book.every=%d treated as 0",
+                        self.masking_cfg.policy, self.book_cfg.every)
+            self.book_cfg = dataclasses.replace(self.book_cfg, every=0)
         self.mesh = self.mesh or sharding.make_mesh(cfg.mesh)
         self.rules = self.rules or sharding.logical_rules(cfg.model)
         self.model = models.build_pretrain_model(cfg.model)
@@ -262,6 +239,9 @@ class Trainer:
         if isinstance(cost, list):
             cost = cost[0] if cost else {}
         report["flops_per_step"] = float((cost or {}).get("flops", float("nan")))
+        if self.config.model.scan_layers:
+            report["flops_note"] = ("XLA counts a while loop's body once: with scanned layers flops_per_step misses "
+                                    "most of the encoder's work (benchmarks/bench_pretrain.py counts it unrolled)")
         mem = compiled.memory_analysis()
         if mem is not None:
             for name in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
@@ -343,7 +323,9 @@ def _initial_state(trainer: Trainer, ckpt: checkpointing.Checkpointer, num_windo
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Pre-trains per `config`, writing checkpoints and metrics to `workdir`; returns the last eval."""
     cfg = config
-    os.makedirs(workdir, exist_ok=True) if "://" not in workdir else None
+    if "://" not in workdir:  # orbax needs absolute local paths (`--workdir runs/tiny` is relative)
+        workdir = os.path.abspath(os.path.expanduser(workdir))
+        os.makedirs(workdir, exist_ok=True)
     data = load_data(cfg.data)
     trainer = Trainer(cfg, workdir)
     primary = jax.process_index() == 0
@@ -389,6 +371,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             ckpt.save_now(step_done, metrics=eval_metrics, **items)
         else:
             ckpt.save(step_done, metrics=eval_metrics, **items)
+        writer.flush()  # the metrics up to a checkpoint survive a crash after it
 
     def check(p):
         step_no, indices, m = p
