@@ -163,10 +163,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.optim.schedule = "warmup_cosine"
         config.optim.warmup_steps = 50
         config.optim.end_learning_rate = 5e-5
-    if "v4_32" in options:  # 16 chips x 2 hosts... see docs/scaling.md
+    if "v4_32" in options or "v5e_256" in options:
+        # Pod slices (docs/scaling.md): recompute each layer in the backward pass and compute in
+        # bfloat16, so 16 (v4, 32 GiB HBM) or 8 (v5e, 16 GiB) windows of 1,024 notes fit per chip.
+        config.model.remat = "full"
+        config.model.dtype = "bfloat16"
+    if "v4_32" in options:  # 16 chips on 4 hosts
         config.mesh.update({"data": -1, "fsdp": 4, "tensor": 1})
         config.data.batch_size = 256
-    if "v5e_256" in options:
+    if "v5e_256" in options:  # 256 chips on 64 hosts
         config.mesh.update({"data": -1, "fsdp": 16, "tensor": 1})
         config.data.batch_size = 2048
     if config.masking.policy == "random":
