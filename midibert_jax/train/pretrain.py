@@ -35,7 +35,7 @@ from midibert_jax import sharding
 from midibert_jax.data import pipeline
 from midibert_jax.model import models
 from midibert_jax.tokenizer import vocab
-from midibert_jax.train import checkpointing, losses, mask_book, masking, metrics, optim
+from midibert_jax.train import checkpointing, losses, mask_book, masking, metrics, optim, sharded_state
 from midibert_jax.train.preemption import PreemptionGuard
 from midibert_jax.train.sharded_state import abstract_train_state  # shared with fine-tuning
 from midibert_jax.train.sharded_state import replicated as _replicated
@@ -234,23 +234,10 @@ class Trainer:
         with sharding.activate(self.mesh, self.rules):
             compiled = self.train_step.lower(state, batch, book).compile()
         seconds = time.perf_counter() - t0
-        report = {"compile_seconds": seconds}
-        cost = compiled.cost_analysis()
-        if isinstance(cost, list):
-            cost = cost[0] if cost else {}
-        report["flops_per_step"] = float((cost or {}).get("flops", float("nan")))
+        report = {"compile_seconds": seconds, **sharded_state.compile_stats(compiled)}
         if self.config.model.scan_layers:
             report["flops_note"] = ("XLA counts a while loop's body once: with scanned layers flops_per_step misses "
                                     "most of the encoder's work (benchmarks/bench_pretrain.py counts it unrolled)")
-        mem = compiled.memory_analysis()
-        if mem is not None:
-            for name in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
-                         "generated_code_size_in_bytes", "alias_size_in_bytes"):
-                report[name] = int(getattr(mem, name, 0))
-            report["peak_bytes_estimate"] = (
-                report["argument_size_in_bytes"] + report["output_size_in_bytes"]
-                + report["temp_size_in_bytes"] - report["alias_size_in_bytes"]
-            )
         return report
 
     # -- evaluation and the mask book ------------------------------------------------------
