@@ -395,7 +395,11 @@ COMMANDS = {"train": cmd_train, "sharded": cmd_sharded}
 
 
 def main(argv: Sequence[str]) -> None:
-    results = [COMMANDS[command](args) for command, args in json.loads(argv[1])]
+    results = []
+    for command, args in json.loads(argv[1]):
+        start_wall, start_cpu = time.monotonic(), time.process_time()
+        results.append(COMMANDS[command](args))
+        results[-1]["seconds"] = {"wall": time.monotonic() - start_wall, "cpu": time.process_time() - start_cpu}
     print("RESULT " + json.dumps(results), flush=True)
 
 

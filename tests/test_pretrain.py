@@ -29,7 +29,7 @@ RESUME = (("train.checkpoint_every", str(N)), ("train.eval_every", str(N - 1)), 
           ("mask_book.unit", "step"), ("mask_book.every", str(N // 2)))  # a book refresh and an eval in each half
 REMESH = (("train.checkpoint_every", "2"), ("train.keep_checkpoints", "10"), ("mask_book.unit", "step"),
           ("mask_book.every", "2"))
-BAD_STEP = 4  # 0-based optimizer step (state.step) made non-finite
+BAD_STEP = 5  # 0-based optimizer step (state.step) made non-finite: the 6th update, due to be saved (every 3)
 NONFINITE = (("train.inject_nonfinite_at_step", str(BAD_STEP)), ("train.checkpoint_every", "3"),
              ("train.log_every", "4"), ("train.eval_every", "100"))
 
@@ -292,7 +292,8 @@ def test_training_continues_after_restoring_on_other_meshes(remesh):
 
 
 def test_nonfinite_loss_stops_the_run_before_saving_it(env, runs):
-    # Step BAD_STEP is checked one step late (log_every 4), before the save at step 6.
+    # The 6th update (state.step 5) is not a logging step (log_every 4): its loss is checked only because a
+    # checkpoint of step 6 is due, which must not be written.
     r, bad_step, root = runs.get("nonfinite"), BAD_STEP, env["root"]
     assert r["error"]["type"] == "NonFiniteLossError"
     message = r["error"]["message"]
