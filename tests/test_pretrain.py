@@ -9,8 +9,8 @@
 
 Every run happens in a subprocess (tests/pretrain_helpers.py) so that it can have 8 or 4 fake devices and
 be killed; the subprocesses share a persistent compilation cache, so each distinct program compiles once,
-and run two at a time (the `runs` fixture starts only what the selected tests need). About 1.5 minutes on
-two CPU cores.
+and run two at a time (the `runs` fixture starts only what the selected tests need). About 185 CPU
+seconds: 1.5 minutes on two idle cores, 3 when other processes keep them busy.
 """
 
 from __future__ import annotations
