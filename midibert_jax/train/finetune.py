@@ -52,6 +52,7 @@ from midibert_jax.data import pipeline
 from midibert_jax.model import models
 from midibert_jax.train import augment, checkpointing, classification_metrics, masking, metrics, optim, sharded_state
 from midibert_jax.train import warm_start
+from midibert_jax.train.nonfinite import NonFiniteLossError, check_finite  # noqa: F401 (re-exported)
 from midibert_jax.train.preemption import PreemptionGuard
 
 log = logging.getLogger(__name__)
@@ -60,10 +61,6 @@ LEVELS = ("note", "sequence")
 TARGET_KEY = {"note": "labels", "sequence": "label"}
 BEST_METRIC = "eval/accuracy"
 IMPROVEMENTS = ("accuracy", "accuracy_or_loss")
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss or the gradients became NaN/Inf; the message names the step and the examples."""
 
 
 # ----------------------------------------------------------------------------- task and state
@@ -560,14 +557,6 @@ def train_and_evaluate(
         pending = None
         t_last, t_last_step = time.perf_counter(), start
 
-        def check(p):
-            step_no, indices, m = p
-            if not bool(jax.device_get(m["finite"])):
-                raise NonFiniteLossError(
-                    f"non-finite loss or gradient at step {step_no} (batch of examples {indices.tolist()}); "
-                    "the state was not updated and nothing was saved from this step"
-                )
-
         def save(step_done: int, eval_metrics=None, now: bool = False):
             record["next_index"] = step_done
             items = dict(state=state, mask_book=np.zeros((1, 1), np.uint8), data=dict(record), config=cfg.to_dict())
@@ -581,13 +570,13 @@ def train_and_evaluate(
                 batch = next(it)
                 state, step_metrics = train_step(state, trainer.put_batch(batch, trainer.train_keys))
                 if pending is not None:
-                    check(pending)
+                    check_finite(*pending)
                 pending = (step, np.asarray(batch["index"]), step_metrics)
                 done = step + 1
                 is_log = done % cfg.train.log_every == 0 or done == total_steps
                 is_eval = done % eval_every == 0 or done == total_steps
                 if is_log or is_eval:
-                    check(pending)
+                    check_finite(*pending)
                     pending = None
                 if is_log:
                     scalars = {f"train/{k}": float(v) for k, v in jax.device_get(step_metrics).items()}
@@ -622,13 +611,13 @@ def train_and_evaluate(
                         break
                 if guard.should_stop(done):
                     if pending is not None:
-                        check(pending)
+                        check_finite(*pending)
                     save(done, now=True)
                     if primary:
                         bar.write(f"[finetune] preemption signal: saved step {done}, exiting; rerun to resume")
                     return {**summary, **_result(record), "stopped": "preempted"}
             if pending is not None:
-                check(pending)
+                check_finite(*pending)
         return {**summary, **_result(record)}
     finally:
         if bar is not None:

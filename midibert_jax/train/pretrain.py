@@ -36,16 +36,13 @@ from midibert_jax.data import pipeline
 from midibert_jax.model import models
 from midibert_jax.tokenizer import vocab
 from midibert_jax.train import checkpointing, losses, mask_book, masking, metrics, optim, sharded_state
+from midibert_jax.train.nonfinite import NonFiniteLossError, check_finite  # noqa: F401 (re-exported)
 from midibert_jax.train.preemption import PreemptionGuard
 from midibert_jax.train.sharded_state import abstract_train_state  # shared with fine-tuning
 from midibert_jax.train.sharded_state import replicated as _replicated
 from midibert_jax.train.state import TrainState
 
 log = logging.getLogger(__name__)
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss or the gradients became NaN/Inf; the message names the step and the examples."""
 
 
 # ----------------------------------------------------------------------------- the steps
@@ -360,27 +357,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             ckpt.save(step_done, metrics=eval_metrics, **items)
         writer.flush()  # the metrics up to a checkpoint survive a crash after it
 
-    def check(p):
-        step_no, indices, m = p
-        if not bool(jax.device_get(m["finite"])):
-            raise NonFiniteLossError(
-                f"non-finite loss or gradient at step {step_no} (batch of examples {indices.tolist()}); "
-                "the state was not updated and nothing was saved from this step"
-            )
-
     try:
         with sharding.activate(trainer.mesh, trainer.rules):
             for step in range(start, cfg.train.steps):
                 batch = next(it)
                 state, step_metrics = trainer.train_step(state, trainer.put_batch(batch), book)
                 if pending is not None:
-                    check(pending)
+                    check_finite(*pending)
                 pending = (step, np.asarray(batch["index"]), step_metrics)
                 done = step + 1
                 eval_metrics = None
                 is_log = done % cfg.train.log_every == 0 or done == cfg.train.steps
                 if is_log or done % cfg.train.eval_every == 0 or done == cfg.train.steps:
-                    check(pending)
+                    check_finite(*pending)
                     pending = None
                 if is_log:
                     scalars = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
@@ -417,18 +406,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 bar.update(1)
                 if guard.should_stop(done):
                     if pending is not None:
-                        check(pending)
+                        check_finite(*pending)
                     save(done, force=True)
                     if primary:
                         bar.write(f"[pretrain] preemption signal: saved step {done}, exiting; rerun to resume")
                     return {"preempted_at": done, **last_eval}
                 if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps:
                     if pending is not None:
-                        check(pending)
+                        check_finite(*pending)
                         pending = None
                     save(done, force=done == cfg.train.steps, eval_metrics=eval_metrics)
             if pending is not None:
-                check(pending)
+                check_finite(*pending)
     finally:
         bar.close()
         guard.uninstall()

@@ -1,0 +1,26 @@
+"""The NaN/Inf guard shared by the pre-training and fine-tuning loops.
+
+The jitted step returns a `finite` flag and leaves its state unchanged when the loss or the
+gradients are not finite; the loop checks the flag (one step late, or before a save) with
+`check_finite` and stops naming the step and the batch's examples.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or the gradients became NaN/Inf; the message names the step and the examples."""
+
+
+def check_finite(step: int, indices: np.ndarray, step_metrics: Mapping[str, Any]) -> None:
+    """Raises NonFiniteLossError when the step's `finite` flag is False."""
+    if not bool(jax.device_get(step_metrics["finite"])):
+        raise NonFiniteLossError(
+            f"non-finite loss or gradient at step {step} (batch of examples {np.asarray(indices).tolist()}); "
+            "the state was not updated and nothing was saved from this step"
+        )
