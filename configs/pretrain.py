@@ -174,6 +174,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if "v5e_256" in options:  # 256 chips on 64 hosts
         config.mesh.update({"data": -1, "fsdp": 16, "tensor": 1})
         config.data.batch_size = 2048
+        # Evaluation and mask-book batches must split over the 256 batch shards as well: 8 per chip.
+        config.data.eval_batch_size = 2048
     if config.masking.policy == "random":
         config.mask_book.every = 0  # the random baseline has no mask book (only the adversarial policy reads it)
     # The model's max_len follows the windows' (a reference: overriding data.max_len changes both).

@@ -16,6 +16,15 @@ def test_variants_load_and_validate():
     assert config.mask_book.reference_pads_as_candidates and config.loss.full_sequence_weight == 1.0
 
 
+def test_pod_variants_validate_on_their_slices():
+    # (variant, chips, hosts, windows per chip): every batch (training, evaluation, mask book) splits evenly.
+    for variant, chips, hosts, per_chip in (("v4_32", 16, 4, 16), ("v5e_256", 256, 64, 8)):
+        config = load_config(f"configs/pretrain.py:base,{variant}")
+        validate_pretrain(config, num_devices=chips, num_processes=hosts)
+        assert config.data.batch_size == chips * per_chip
+        assert (config.model.remat, config.model.dtype, config.model.max_len) == ("full", "bfloat16", 1024)
+
+
 def test_overrides_are_typed_and_keys_must_exist():
     config = load_with_overrides("configs/pretrain.py:tiny", [("train.steps", "7"), ("optim.learning_rate", "1e-3"),
                                                                ("masking.policy", "random")])
