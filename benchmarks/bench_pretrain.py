@@ -19,12 +19,15 @@ process (what other processes' load hardly changes) with the cores a step keeps 
   flops_xla_unrolled   cost_analysis() of the same step lowered with unrolled layers (not compiled): XLA's
                        count of every operation;
   flops_analytic       matmul FLOPs x 3 (forward + backward) of both passes: the 6 N tokens rule per pass,
-                       plus attention scores, probabilities x values and the relative-position terms.
+                       plus attention scores, probabilities x values and the relative-position terms (one
+                       d-long dot product per query-key pair and term: the model's FLOPs, not the
+                       implementation's, so that a faster formulation shows as a higher rate).
 
 `--ablate` also times variants of the step on the first size (each compiled separately, all timed round
 robin with the real step): no dropout, absolute positions (no relative key-query terms), the random policy
-(no masker pass), a proposed blocked computation of the relative key-query terms (the same values), and
-the masking (top-k) alone, to show which part dominates.
+(no masker pass), unrolled layers (no scan: no stacked residual buffers, one compile per layer), the
+relative key-query terms computed unblocked (every query times all 2L - 1 distance
+rows; the same values), and the masking (top-k) alone, to show which part dominates.
 
 Targets (GitHub issue #4): tiny >= 2 x the reference PyTorch's ~430 tokens/s on this machine, and >= 60%
 of the measured matmul rate.
@@ -60,13 +63,22 @@ CASES = {"tiny": (8, 512), "base": (2, 1024)}  # size -> (global batch, length)
 REFERENCE_TOKENS_PER_S = 430.0  # the reference PyTorch implementation, tiny, on this machine (issue #4)
 TARGET_SPEEDUP = 2.0
 TARGET_MATMUL_FRACTION = 0.6
-# Variants of the step timed by --ablate: name -> config overrides (the blocked one swaps a model function).
-ABLATIONS = {
+# Variants of the step timed by --ablate: name -> config overrides.
+ABLATIONS = {  # (the unblocked one swaps a model function)
     "no_dropout": (("model.dropout_rate", 0.0), ("model.attention_dropout_rate", 0.0), ("model.head_dropout", 0.0)),
     "absolute_positions": (("model.position_embedding", "absolute"),),
     "random_policy": (("masking.policy", "random"),),
-    "blocked_relative": (),
+    "unblocked_relative": (),
+    "unrolled_layers": (("model.scan_layers", False),),
 }
+
+
+_RELATIVE_SCORES = positions.relative_key_query_scores
+
+
+def unblocked_relative_key_query_scores(query, key, table, max_len: int):
+    """The relative key-query terms in one block: every row times all 2L - 1 distances (the pre-blocking form)."""
+    return _RELATIVE_SCORES(query, key, table, max_len, block=query.shape[1])
 
 
 class Matmul:
@@ -91,33 +103,6 @@ class Matmul:
         return flops / float(np.median(wall)), flops / float(np.median(cpu))
 
 
-def blocked_relative_key_query_scores(query, key, table, max_len: int, block: int = 128):
-    """A PROPOSED replacement for `positions.relative_key_query_scores` (same values, measured by --ablate).
-
-    The current version multiplies every query (key) by all 2L - 1 table rows of the window and skews the
-    [B, H, L, 2L - 1] result: half of those products are thrown away, and the tensors moved around are
-    twice the size of the attention scores. A block of c consecutive queries only needs L + c - 1 rows, so
-    here each block multiplies against its own rows and is skewed on [B, H, L/c, c, L + c - 1]: about
-    (L + c) / 2L of the FLOPs and bytes of those terms, bit-identical results (the same products, summed
-    the same way).
-    """
-    batch, length, heads, dim = query.shape
-    c = block if length % block == 0 else length
-    n, width = length // c, length + c - 1
-    window = table[max_len - length: max_len + length - 1].astype(query.dtype)  # row j: distance j - (L - 1)
-    rows = (jnp.arange(n) * c)[:, None] + jnp.arange(width)[None, :]  # block b: rows b c .. b c + L + c - 2
-
-    def term(x, table_rows):
-        # Reversed so that, after the skew, [i, r] of block b holds distance +-(b c + i - r).
-        w = table_rows[rows][:, ::-1]  # [n, width, dim]
-        rel = jnp.einsum("bnchd,njd->bhncj", x.reshape(batch, n, c, heads, dim), w,
-                         preferred_element_type=jnp.float32)
-        flat = rel.reshape(batch, heads, n, c * width)[..., c - 1: c - 1 + c * (width - 1)]
-        return flat.reshape(batch, heads, n, c, width - 1)[..., :length].reshape(batch, heads, length, length)
-
-    return term(query, window) + jnp.swapaxes(term(key, window[::-1]), -1, -2)
-
-
 def make_config(size: str, batch: int, length: int, overrides=()):
     config = get_config(size)
     config.data.max_len = length  # model.max_len follows
@@ -140,7 +125,9 @@ def analytic_flops(config, batch: int, length: int) -> dict[str, float]:
     encoder_params = 8 * m.field_embed_dim * e + n * (4 * e * e + 2 * e * f)  # input projection, q k v o, mlp
     attention = n * 2 * 2 * length * e  # per token: q.k and p.v over L keys
     if m.position_embedding == "relative_key_query":
-        attention += n * 2 * 2 * (2 * length - 1) * e  # q.r and k.r against the 2L-1 table rows
+        # q.E[l-r] and k.E[l-r]: one dot product per (query, key) pair each, like q.k. (Implementations
+        # that multiply every row by all 2L - 1 distance rows do up to twice this; it is not counted.)
+        attention += n * 2 * 2 * length * e
     recoverer = e * sum(vocab.VOCAB_SIZES)
     masker = e * m.head_hidden + m.head_hidden
     per_token_recover = 2 * (encoder_params + recoverer) + attention
@@ -336,7 +323,7 @@ def main(argv=None) -> int:
         cases = [Case(size, size, batch, length)]
         if args.ablate and i == 0:
             for name, overrides in ABLATIONS.items():
-                function = blocked_relative_key_query_scores if name == "blocked_relative" else None
+                function = unblocked_relative_key_query_scores if name == "unblocked_relative" else None
                 cases.append(Case(f"{size} {name}", size, batch, length, overrides, function, count_unrolled=False))
         print(f"{size}: compiled {len(cases)} step(s) in {sum(c.compile_s for c in cases):.0f} s; timing", flush=True)
         time_round_robin(cases, args.steps, matmul)

@@ -70,18 +70,33 @@ def test_skew_is_the_row_shift(length):
     np.testing.assert_array_equal(positions.skew(jnp.asarray(x)), expected)
 
 
-@pytest.mark.parametrize("length", [1, 5, 8])
-def test_relative_scores_match_the_reference_formula(length):
-    max_len, b, h, d = 8, 2, 3, 4
-    rng = np.random.default_rng(length)
-    q, k = rng.standard_normal((2, b, length, h, d)).astype(np.float32)
-    table = rng.standard_normal((2 * max_len - 1, d)).astype(np.float32)
-    # The reference: an [L, L, d] tensor of distance rows, contracted with q and with k.
-    distance = np.arange(length)[:, None] - np.arange(length)[None, :]
+def _reference_relative_scores(q, k, table, max_len):
+    """The reference: an [L, L, d] tensor of distance rows, contracted with q and with k."""
+    length = q.shape[1]
+    distance = jnp.arange(length)[:, None] - jnp.arange(length)[None, :]
     pe = table[distance + max_len - 1]
-    expected = np.einsum("blhd,lrd->bhlr", q, pe) + np.einsum("brhd,lrd->bhlr", k, pe)
-    got = positions.relative_key_query_scores(jnp.asarray(q), jnp.asarray(k), jnp.asarray(table), max_len)
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    return jnp.einsum("blhd,lrd->bhlr", q, pe) + jnp.einsum("brhd,lrd->bhlr", k, pe)
+
+
+@pytest.mark.parametrize("length,block", [(1, 128), (5, 128), (8, 128), (8, 2), (8, 4), (12, 8), (7, 4)])
+def test_relative_scores_match_the_reference_formula(length, block):
+    max_len, b, h, d = 12, 2, 3, 4
+    rng = np.random.default_rng(length)
+    q, k = jnp.asarray(rng.standard_normal((2, b, length, h, d)), jnp.float32)
+    table = jnp.asarray(rng.standard_normal((2 * max_len - 1, d)), jnp.float32)
+    _grads_agree(
+        lambda q_, k_, t: positions.relative_key_query_scores(q_, k_, t, max_len, block=block),
+        lambda q_, k_, t: _reference_relative_scores(q_, k_, t, max_len),
+        q,
+        k,
+        table,
+    )
+
+
+def test_relative_blocks_divide_the_length():
+    assert positions.block_size(1024) == 128 and positions.block_size(12, 8) == 6
+    assert positions.block_size(7, 4) == 7  # no divisor >= 1: one block, the unblocked form
+    assert positions.block_size(5) == 5
 
 
 def test_sequence_longer_than_the_table_is_an_error():
@@ -137,6 +152,15 @@ def test_dropout_rate_and_scale():
     kept = np.asarray(y) != 0
     assert abs(kept.mean() - 0.75) < 0.01 and np.allclose(np.asarray(y)[kept], 1 / 0.75)
     assert module.apply({}, x, deterministic=True) is x
+
+
+@pytest.mark.parametrize("shape", [(64, 4096), (64, 4095)])  # 16-bit draws; an odd last axis takes 32 bits
+def test_dropout_keep_rate(shape):
+    keep = np.asarray(layers.dropout_keep(jax.random.key(1), 0.1, shape))
+    assert keep.shape == shape and abs(keep.mean() - 0.9) < 0.003
+    # Neighbouring elements come from the two halves of one draw: they must not be correlated.
+    pairs = keep[:, 0::2][:, : shape[1] // 2], keep[:, 1::2][:, : shape[1] // 2]
+    assert abs((~pairs[0] & ~pairs[1]).mean() - 0.01) < 0.002
 
 
 # ----------------------------------------------------------------------------- encoder
