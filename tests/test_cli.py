@@ -55,3 +55,15 @@ def test_import_torch_kinds_match_the_converter():
     from midibert_jax.model import torch_import
 
     assert tuple(import_torch.KINDS) == tuple(torch_import.KINDS)
+
+
+def test_demo_lines_up_the_adversarial_and_random_curves(tmp_path):
+    from midibert_jax.commands import demo  # pylint: disable=import-outside-toplevel
+
+    for name, points in {"adv": [(50, 0.3), (100, 0.5)], "rnd": [(50, 0.2), (100, 0.4), (150, 0.45)]}.items():
+        (tmp_path / name).mkdir()
+        lines = [f'{{"step": {s}, "eval/acc/mean": {v}}}' for s, v in points] + ['{"step": 60, "loss/total": 1.0}']
+        (tmp_path / name / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    curves = demo._curves({"adversarial": str(tmp_path / "adv"), "random": str(tmp_path / "rnd")})
+    assert curves == [(50, {"adversarial": 0.3, "random": 0.2}), (100, {"adversarial": 0.5, "random": 0.4}),
+                      (150, {"random": 0.45})]

@@ -5,6 +5,8 @@
 2. fine-tunes the two demo tasks (note level: melody vs accompaniment; sequence level: which
    folk-tune collection) from the pre-trained encoder, and from scratch for comparison;
 3. evaluates every fine-tuned model on its test split and prints where everything is.
+With `--random-baseline` it also pre-trains with random masking (the MidiBERT-Piano baseline, same
+data, steps and evaluation) and prints both validation curves side by side.
 
 Each stage is an ordinary run (its own workdir, resumable): rerunning the command continues or
 reuses what is there. `--config.*` overrides go to the pre-training config.
@@ -25,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--finetune-epochs", type=int, default=5, help="fine-tuning epochs (default: %(default)s)")
     parser.add_argument("--max-len", type=int, default=128, help="notes per window (default: %(default)s)")
     parser.add_argument("--no-scratch", action="store_true", help="skip the from-scratch comparison runs")
+    parser.add_argument("--random-baseline", action="store_true",
+                        help="also pre-train with random masking (MidiBERT-Piano's MLM) on the same data and steps, "
+                             "and print both validation curves side by side")
 
 
 def _first_and_last(workdir: str, key: str) -> tuple[float, float] | None:
@@ -34,6 +39,15 @@ def _first_and_last(workdir: str, key: str) -> tuple[float, float] | None:
     if series is None or not len(series[1]):
         return None
     return float(series[1][0]), float(series[1][-1])
+
+
+def _curves(workdirs: dict[str, str], key: str = "eval/acc/mean") -> list[tuple[int, dict[str, float]]]:
+    """[(step, {run: value})] of `key` over the steps any run evaluated at."""
+    from midibert_jax import analysis  # pylint: disable=import-outside-toplevel
+
+    series = {name: dict(zip(*analysis.read_metrics(w).get(key, ([], [])))) for name, w in workdirs.items()}
+    steps = sorted({int(s) for values in series.values() for s in values})
+    return [(step, {name: float(values[step]) for name, values in series.items() if step in values}) for step in steps]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,6 +69,13 @@ def run(args: argparse.Namespace) -> int:
     validate_pretrain(pre_config, num_devices=jax.device_count(), num_processes=jax.process_count())
     print(f"[demo] 1/3 pre-training the tiny model on the demo corpus -> {pre_dir}")
     pre_result = pretrain.train_and_evaluate(pre_config, pre_dir)
+    pre_dirs = {"adversarial": pre_dir}
+    if args.random_baseline:
+        random_dir = os.path.join(root, "pretrain_random")
+        random_config = config_loading.load_with_overrides("configs/pretrain.py:tiny,runlocal,masking=random", overrides)
+        print(f"[demo] 1/3 baseline: the same pre-training with random masking -> {random_dir}")
+        pretrain.train_and_evaluate(random_config, random_dir)
+        pre_dirs["random"] = random_dir
 
     runs = {}
     for task in TASKS:
@@ -72,7 +93,11 @@ def run(args: argparse.Namespace) -> int:
                                       **({"piece_accuracy": result["piece_accuracy"]} if "piece_accuracy" in result else {})}
 
     eval_acc = _first_and_last(pre_dir, "eval/acc/mean")
-    summary = {"pretrain": {"workdir": pre_dir, "eval_acc_first_last": eval_acc, "final": pre_result}, "finetune": runs}
+    curves = _curves(pre_dirs)
+    summary = {"pretrain": {"workdir": pre_dir, "eval_acc_first_last": eval_acc, "final": pre_result,
+                            "eval_acc_curves": {name: {str(step): v[name] for step, v in curves if name in v}
+                                                for name in pre_dirs}},
+               "finetune": runs}
     with open(os.path.join(root, "demo_summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
 
@@ -81,6 +106,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"  pre-training: masked-note accuracy (validation) {eval_acc[0]:.3f} at the first evaluation -> "
               f"{eval_acc[1]:.3f} at the last")
     print(f"    checkpoints {pre_dir}/checkpoints, metrics {pre_dir}/metrics.jsonl (TensorBoard: {pre_dir}/tensorboard)")
+    if len(pre_dirs) > 1:
+        print("    validation masked-note accuracy (random 15% masking, fixed seed), per evaluation:")
+        print("      step  " + "  ".join(f"{name:>11s}" for name in pre_dirs))
+        for step, values in curves:
+            print(f"    {step:6d}  " + "  ".join(f"{values[n]:11.3f}" if n in values else " " * 11 for n in pre_dirs))
     print("  fine-tuning (test split):")
     for name, r in runs.items():
         piece = f", piece accuracy {r['piece_accuracy']:.3f}" if "piece_accuracy" in r else ""
