@@ -88,6 +88,9 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     config.demo.convert_timeout = 120.0
     # Cache of converted MIDI files; empty -> $MIDIBERT_JAX_CACHE or ~/.cache/midibert_jax.
     config.demo.cache_dir = ""
+    # Work keys (e.g. 'airdsAirs/book1.abc#83') never taken: the demo command puts the demo tasks'
+    # validation and test pieces here, so pre-training never sees them.
+    config.demo.exclude = ()
 
     if "runlocal" in modifiers:
         config.demo.max_pieces = 200

@@ -233,6 +233,13 @@ def test_demo_builder_converts_caches_and_builds(tmp_path):
     works = demo_corpus.select_works(demo_corpus.list_works(["airdsAirs"]), 4, 0)
     again = demo_corpus.materialize(works, str(tmp_path / "cache"), progress=False)
     assert all(c.cached and c.status == "ok" for c in again)
+    # Excluded works (a downstream task's held-out pieces) are never taken; the selection fills up from the rest.
+    excluded = records[0].path
+    config_x = builders.demo_config(max_pieces=4, collections=("airdsAirs",), max_len=TEST_MAX_LEN, valid_fraction=0.25,
+                                    exclude=(excluded,))
+    assert config_x.name != config.name
+    inputs = builders.Music21Demo(config=config_x, data_dir=tmp_path / "tfds", options=options)._list_inputs(None)
+    assert len(inputs) == 4 and excluded not in {i.name for i in inputs}
 
 
 def test_registered_demo_configs_are_found_by_fields():

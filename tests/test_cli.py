@@ -1,5 +1,7 @@
 """The `midibert-jax` console commands, run in-process through `cli.main`."""
 
+import json
+
 import numpy as np
 import pretty_midi
 
@@ -67,3 +69,12 @@ def test_demo_lines_up_the_adversarial_and_random_curves(tmp_path):
     curves = demo._curves({"adversarial": str(tmp_path / "adv"), "random": str(tmp_path / "rnd")})
     assert curves == [(50, {"adversarial": 0.3, "random": 0.2}), (100, {"adversarial": 0.5, "random": 0.4}),
                       (150, {"random": 0.45})]
+
+
+def test_demo_holds_out_the_tasks_validation_and_test_pieces(tmp_path):
+    from midibert_jax.commands import demo  # pylint: disable=import-outside-toplevel
+
+    rows = [{"path": "a/x.abc#1", "split": "train"}, {"path": "a/x.abc#2", "split": "validation"},
+            {"path": "b/y.mxl", "split": "test"}, {"path": "b/z.mxl", "split": None}]
+    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert demo.held_out_pieces(tmp_path) == {"a/x.abc#2", "b/y.mxl"}

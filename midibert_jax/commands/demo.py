@@ -1,7 +1,8 @@
 """`midibert-jax demo --workdir runs/demo`: the README's main job, end to end, no download.
 
-1. builds the demo corpus (scores shipped with music21) and pre-trains the tiny model on it with
-   adversarial masking (configs/pretrain.py:tiny,runlocal);
+1. builds the demo tasks' datasets, then the demo corpus (scores shipped with music21) without the
+   tasks' validation and test pieces, and pre-trains the tiny model on it with adversarial masking
+   (configs/pretrain.py:tiny,runlocal);
 2. fine-tunes the two demo tasks (note level: melody vs accompaniment; sequence level: which
    folk-tune collection) from the pre-trained encoder, and from scratch for comparison;
 3. evaluates every fine-tuned model on its test split and prints where everything is.
@@ -23,7 +24,7 @@ TASKS = ("demo_note", "demo_sequence")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", default="runs/demo", help="folder of all the demo's runs (default: %(default)s)")
-    parser.add_argument("--pretrain-steps", type=int, default=300, help="pre-training steps (default: %(default)s)")
+    parser.add_argument("--pretrain-steps", type=int, default=1000, help="pre-training steps (default: %(default)s)")
     parser.add_argument("--finetune-epochs", type=int, default=5, help="fine-tuning epochs (default: %(default)s)")
     parser.add_argument("--max-len", type=int, default=128, help="notes per window (default: %(default)s)")
     parser.add_argument("--no-scratch", action="store_true", help="skip the from-scratch comparison runs")
@@ -39,6 +40,13 @@ def _first_and_last(workdir: str, key: str) -> tuple[float, float] | None:
     if series is None or not len(series[1]):
         return None
     return float(series[1][0]), float(series[1][-1])
+
+
+def held_out_pieces(dataset_dir) -> set[str]:
+    """Keys of the pieces in a built dataset's validation and test splits (from its manifest)."""
+    with open(os.path.join(os.fspath(dataset_dir), "manifest.jsonl"), encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return {r["path"] for r in rows if r.get("split") in ("validation", "test")}
 
 
 def _curves(workdirs: dict[str, str], key: str = "eval/acc/mean") -> list[tuple[int, dict[str, float]]]:
@@ -57,22 +65,39 @@ def run(args: argparse.Namespace) -> int:
     import jax  # pylint: disable=import-outside-toplevel
 
     from midibert_jax.config_validation import validate_pretrain  # pylint: disable=import-outside-toplevel
+    from midibert_jax.data import tasks  # pylint: disable=import-outside-toplevel
     from midibert_jax.train import finetune, pretrain  # pylint: disable=import-outside-toplevel
 
     root = args.workdir
     pre_dir = os.path.join(root, "pretrain")
-    # Laptop scale: short windows, a few hundred steps, evaluation and mask-book updates every 50/100.
+    # Laptop scale: short windows, a thousand steps, evaluation and mask-book updates every 50/100.
     overrides = [("data.max_len", str(args.max_len)), ("train.steps", str(args.pretrain_steps)),
                  ("train.eval_every", "50"), ("train.checkpoint_every", "100"), ("mask_book.every", "100"),
                  ("optim.warmup_steps", "30")] + list(args.config_overrides)
     pre_config = config_loading.load_with_overrides("configs/pretrain.py:tiny,runlocal", overrides)
     validate_pretrain(pre_config, num_devices=jax.device_count(), num_processes=jax.process_count())
-    print(f"[demo] 1/3 pre-training the tiny model on the demo corpus -> {pre_dir}")
+
+    def finetune_config(task: str, init: str):
+        spec = f"configs/finetune.py:{task},runlocal" + (",scratch" if init == "scratch" else "")
+        ft_overrides = [("data.max_len", str(pre_config.data.max_len)), ("train.epochs", str(args.finetune_epochs))]
+        if init == "pretrained":
+            ft_overrides.append(("train.init_from", pre_dir))
+        return config_loading.load_with_overrides(spec, ft_overrides)
+
+    # The demo tasks' validation and test pieces are held out of the pre-training corpus: the
+    # comparison with from-scratch training is then on music that pre-training never saw.
+    print("[demo] 0/3 building the demo tasks' datasets (their validation and test pieces stay out of pre-training)")
+    held_out = set()
+    for task in TASKS:
+        held_out |= held_out_pieces(tasks.prepare_task(finetune_config(task, "scratch").data))
+    pre_config.data.demo.exclude = tuple(sorted(held_out))
+    print(f"[demo] 1/3 pre-training the tiny model on the demo corpus ({len(held_out)} held-out works excluded) -> {pre_dir}")
     pre_result = pretrain.train_and_evaluate(pre_config, pre_dir)
     pre_dirs = {"adversarial": pre_dir}
     if args.random_baseline:
         random_dir = os.path.join(root, "pretrain_random")
         random_config = config_loading.load_with_overrides("configs/pretrain.py:tiny,runlocal,masking=random", overrides)
+        random_config.data.demo.exclude = pre_config.data.demo.exclude
         print(f"[demo] 1/3 baseline: the same pre-training with random masking -> {random_dir}")
         pretrain.train_and_evaluate(random_config, random_dir)
         pre_dirs["random"] = random_dir
@@ -80,11 +105,7 @@ def run(args: argparse.Namespace) -> int:
     runs = {}
     for task in TASKS:
         for init in ("pretrained",) + (() if args.no_scratch else ("scratch",)):
-            spec = f"configs/finetune.py:{task},runlocal" + (",scratch" if init == "scratch" else "")
-            ft_overrides = [("data.max_len", str(pre_config.data.max_len)), ("train.epochs", str(args.finetune_epochs))]
-            if init == "pretrained":
-                ft_overrides.append(("train.init_from", pre_dir))
-            config = config_loading.load_with_overrides(spec, ft_overrides)
+            config = finetune_config(task, init)
             workdir = os.path.join(root, "finetune", f"{task}_{init}")
             print(f"[demo] 2/3 fine-tuning {task} ({init}) -> {workdir}")
             finetune.train_and_evaluate(config, workdir)

@@ -115,6 +115,9 @@ class DemoConfig(MidiConfig):
     collections: tuple[str, ...] = ()
     # Score -> MIDI writer: "fast" or "music21" (see demo_corpus).
     writer: str = "fast"
+    # Works never taken (their keys, e.g. "airdsAirs/book1.abc#83"): a downstream task's held-out pieces,
+    # so that pre-training does not see, even unlabelled, what the fine-tuned model is tested on.
+    exclude: tuple[str, ...] = ()
 
 
 def config_name(prefix: str, max_len: int, packing: str, valid_fraction: float, seed: int) -> str:
@@ -157,6 +160,8 @@ def demo_config(*, name: str | None = None, **kwargs) -> DemoConfig:
         cfg.name += "-xpad"
     if cfg.collections:
         cfg.name += "-" + hashlib.sha256(",".join(sorted(cfg.collections)).encode()).hexdigest()[:8]
+    if cfg.exclude:
+        cfg.name += "-x" + hashlib.sha256("\n".join(sorted(cfg.exclude)).encode()).hexdigest()[:8]
     return cfg
 
 
@@ -678,7 +683,8 @@ class Music21Demo(MidiFolder):
 
     def _list_inputs(self, dl_manager) -> list[InputFile]:
         cfg, opts = self.config, self.options
-        works = demo_corpus.list_works(cfg.collections or None)
+        excluded = set(getattr(cfg, "exclude", ()))  # the task builders reuse this listing with their own configs
+        works = [w for w in demo_corpus.list_works(cfg.collections or None) if w.key not in excluded]
         chosen = demo_corpus.select_works(works, cfg.max_pieces, cfg.seed)
         cache_dir = opts.cache_dir or demo_corpus.default_cache_dir(cfg.writer)
         conversions = demo_corpus.materialize(

@@ -47,7 +47,7 @@ def make_builder(config: ml_collections.ConfigDict) -> builders.MidiFolder:
         collections = tuple(c.strip() for c in config.demo.collections.split(",") if c.strip())
         builder_config = builders.demo_config(
             name=config.name or None, max_pieces=config.demo.max_pieces or None, collections=collections,
-            writer=config.demo.writer, **identity,
+            writer=config.demo.writer, exclude=tuple(sorted(config.demo.get("exclude", ()))), **identity,
         )
         cls = builders.Music21Demo
     else:
