@@ -34,6 +34,8 @@ import sys
 import time
 from typing import Any
 
+from results_io import write_results  # benchmarks/ is on sys.path when a benchmark runs as a script
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SIZES = ("tiny", "base", "large")
 LENGTHS = (512, 1024, 2048)
@@ -171,10 +173,7 @@ def main(argv=None) -> int:
     print("(state: params + AdamW moments; args: state + batch + mask book; temp: temporaries at batch "
           f"{batches[0]}, gradients included; peak: args + outputs + temp - aliased; /window: temp added by "
           "each further window of the per-device batch; compile: seconds of the first batch's compile)")
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_results(args.out, result)
     return 0
 
 

@@ -15,7 +15,6 @@ attention builds an L x L x d tensor per layer); the target is under a third of 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import platform
@@ -28,6 +27,7 @@ import optax
 
 from midibert_jax.model import config_io, models
 from midibert_jax.tokenizer import vocab
+from results_io import write_results  # benchmarks/ is on sys.path when a benchmark runs as a script
 
 CASES = {"tiny": (8, 512), "base": (2, 1024), "large": (1, 1024)}  # size -> (batch, length)
 REFERENCE_BASE_PEAK_GB = 17.5
@@ -183,10 +183,7 @@ def main(argv=None) -> int:
             result["reference_base_peak_gb"] = REFERENCE_BASE_PEAK_GB
             result["base_peak_fraction_of_reference"] = run["peak_gb"] / REFERENCE_BASE_PEAK_GB
             print(f"      base peak is {run['peak_gb'] / REFERENCE_BASE_PEAK_GB:.1%} of the reference's ~17.5 GB")
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_results(args.out, result)
     return 0
 
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import pathlib
 import platform
@@ -58,6 +57,7 @@ from midibert_jax import sharding  # noqa: E402
 from midibert_jax.model import positions  # noqa: E402
 from midibert_jax.tokenizer import vocab  # noqa: E402
 from midibert_jax.train import mask_book, masking, pretrain  # noqa: E402
+from results_io import write_results  # benchmarks/ is on sys.path when a benchmark runs as a script
 
 CASES = {"tiny": (8, 512), "base": (2, 1024)}  # size -> (global batch, length)
 REFERENCE_TOKENS_PER_S = 430.0  # the reference PyTorch implementation, tiny, on this machine (issue #4)
@@ -363,10 +363,7 @@ def main(argv=None) -> int:
     result["targets"] = targets
     for key, value in targets.items():
         print(f"  {key}: {value:.3g}" if isinstance(value, float) else f"  {key}: {value}")
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_results(args.out, result)
     return 0
 
 

@@ -10,7 +10,6 @@ Encoding is vectorised over notes, so it must cost less than parsing.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import platform
 import time
@@ -18,6 +17,7 @@ import time
 import numpy as np
 
 from midibert_jax.tokenizer import TokenizerError, encode_absolute, load_midi
+from results_io import write_results  # benchmarks/ is on sys.path when a benchmark runs as a script
 
 
 def _demo_midi_files() -> list[pathlib.Path]:
@@ -81,9 +81,7 @@ def main() -> None:
         r = result[stage]
         print(f"  {stage:6s}: {r['files_per_s']:9.1f} files/s  {r['notes_per_s']:12.0f} notes/s  ({r['seconds']:.2f} s)")
     print(f"  encode time / parse time = {result['encode_over_parse_time']:.3f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    write_results(args.out, result)
 
 
 if __name__ == "__main__":
