@@ -682,24 +682,29 @@ class Music21Demo(MidiFolder):
         return f"music21 {demo_corpus.music21_version()} corpus"
 
     def _list_inputs(self, dl_manager) -> list[InputFile]:
-        cfg, opts = self.config, self.options
-        excluded = set(getattr(cfg, "exclude", ()))  # the task builders reuse this listing with their own configs
-        works = [w for w in demo_corpus.list_works(cfg.collections or None) if w.key not in excluded]
-        chosen = demo_corpus.select_works(works, cfg.max_pieces, cfg.seed)
-        cache_dir = opts.cache_dir or demo_corpus.default_cache_dir(cfg.writer)
-        conversions = demo_corpus.materialize(
-            chosen, cache_dir, writer=cfg.writer, num_workers=opts.num_workers, timeout=opts.convert_timeout,
-            memory_limit_mb=opts.memory_limit_mb, progress=opts.progress,
-        )
-        out = []
-        for piece_id, conv in enumerate(conversions):
-            inp = InputFile(piece_id=piece_id, name=conv.work.key, path=conv.midi_path, notes=list(conv.notes))
-            if conv.status != "ok":
-                inp.status, inp.reason = "skipped", f"conversion failed: {conv.reason}"
-                inp.error_kind = f"conversion_{conv.error_kind}" if conv.error_kind != "conversion" else "conversion"
-                inp.seconds = conv.seconds
-            out.append(inp)
-        return out
+        return demo_inputs(self.config, self.options, exclude=self.config.exclude)
+
+
+def demo_inputs(cfg, opts: BuildOptions, exclude: Sequence[str] = ()) -> list[InputFile]:
+    """The demo works a config selects (minus `exclude`), converted to MIDI (cached): the listing of
+    Music21Demo and of the demo fine-tuning tasks. `cfg` has max_pieces, collections, seed and writer."""
+    excluded = set(exclude)
+    works = [w for w in demo_corpus.list_works(cfg.collections or None) if w.key not in excluded]
+    chosen = demo_corpus.select_works(works, cfg.max_pieces, cfg.seed)
+    cache_dir = opts.cache_dir or demo_corpus.default_cache_dir(cfg.writer)
+    conversions = demo_corpus.materialize(
+        chosen, cache_dir, writer=cfg.writer, num_workers=opts.num_workers, timeout=opts.convert_timeout,
+        memory_limit_mb=opts.memory_limit_mb, progress=opts.progress,
+    )
+    out = []
+    for piece_id, conv in enumerate(conversions):
+        inp = InputFile(piece_id=piece_id, name=conv.work.key, path=conv.midi_path, notes=list(conv.notes))
+        if conv.status != "ok":
+            inp.status, inp.reason = "skipped", f"conversion failed: {conv.reason}"
+            inp.error_kind = f"conversion_{conv.error_kind}" if conv.error_kind != "conversion" else "conversion"
+            inp.seconds = conv.seconds
+        out.append(inp)
+    return out
 
 
 def _config_dict(config: MidiConfig) -> dict[str, Any]:

@@ -637,7 +637,7 @@ class DemoMelody(_NoteTaskBuilder):
 
     def _list_task_inputs(self, root: str | None) -> list[InputFile]:
         # The demo corpus listing (selection, cached conversion) of the pre-training builder.
-        inputs = builders.Music21Demo._list_inputs(self, None)  # pylint: disable=protected-access
+        inputs = builders.demo_inputs(self.config, self.options)
         for inp in inputs:
             self._split_keys[inp.piece_id] = inp.name
         return inputs
@@ -785,7 +785,7 @@ class DemoCollection(_SequenceTaskBuilder):
         return classes
 
     def _list_task_inputs(self, root: str | None) -> list[InputFile]:
-        inputs = builders.Music21Demo._list_inputs(self, None)  # pylint: disable=protected-access
+        inputs = builders.demo_inputs(self.config, self.options)
         index = {c: i for i, c in enumerate(self._class_names)}
         for inp in inputs:
             self._labels[inp.piece_id] = index[inp.name.split("/", 1)[0]]
