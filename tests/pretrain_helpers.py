@@ -76,6 +76,12 @@ def data_overrides(folder: os.PathLike, data_dir: os.PathLike) -> tuple[tuple[st
     return (("data.folder", os.fspath(folder)), ("data.data_dir", os.fspath(data_dir)))
 
 
+def pretrain_command(workdir: os.PathLike, overrides: Sequence[tuple[str, str]]) -> list[str]:
+    """`midibert-jax pretrain` of the tiny test config in `workdir`, as a subprocess argv."""
+    args = [sys.executable, "-m", "midibert_jax.cli", "pretrain", "--config", SPEC, "--workdir", os.fspath(workdir)]
+    return args + [f"--config.{k}={v}" for k, v in overrides]
+
+
 def subprocess_env(num_devices: int, cache_dir: os.PathLike) -> dict[str, str]:
     env = dict(os.environ)
     flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f and "optimization_level" not in f]

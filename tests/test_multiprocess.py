@@ -3,7 +3,6 @@
 global mesh and batches, so the same losses; the 2-process checkpoint then restores in 1 process."""
 
 import json
-import os
 import pathlib
 import socket
 import subprocess
@@ -24,14 +23,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _command(workdir, overrides):
-    args = [sys.executable, "-m", "midibert_jax.cli", "pretrain", "--config", ph.SPEC, "--workdir", os.fspath(workdir)]
-    return args + [f"--config.{k}={v}" for k, v in overrides]
-
-
 def _env(devices: int, cache: pathlib.Path, **extra) -> dict:
     env = ph.subprocess_env(devices, cache)
-    env["JAX_PLATFORMS"] = "cpu"
     env.update(extra)
     return env
 
@@ -49,7 +42,7 @@ def runs(tmp_path_factory):
         ("mask_book.unit", "step"), ("mask_book.every", "3"), ("mesh.data", "2"),
     ]
     cache = root / "jax_cache"
-    single = subprocess.run(_command(root / "one", overrides), env=_env(2, cache), capture_output=True, text=True,
+    single = subprocess.run(ph.pretrain_command(root / "one", overrides), env=_env(2, cache), capture_output=True, text=True,
                             timeout=900)
     assert single.returncode == 0, single.stderr[-3000:]
 
@@ -59,7 +52,7 @@ def runs(tmp_path_factory):
         env = _env(1, cache, MIDIBERT_COORDINATOR=f"127.0.0.1:{port}", MIDIBERT_NUM_PROCESSES="2",
                    MIDIBERT_PROCESS_ID=str(pid))
         log = open(root / f"process{pid}.log", "w")
-        procs.append((subprocess.Popen(_command(root / "two", overrides), env=env, stdout=log, stderr=subprocess.STDOUT), log))
+        procs.append((subprocess.Popen(ph.pretrain_command(root / "two", overrides), env=env, stdout=log, stderr=subprocess.STDOUT), log))
     for proc, log in procs:
         code = proc.wait(timeout=900)
         log.close()
@@ -84,7 +77,7 @@ def test_two_processes_give_the_losses_of_one(runs):
 def test_the_two_process_checkpoint_restores_in_one_process(runs):
     root, overrides, cache = runs
     more = [(k, v) for k, v in overrides if k not in ("train.steps", "mesh.data")] + [("train.steps", str(STEPS + 2))]
-    resumed = subprocess.run(_command(root / "two", more), env=_env(1, cache), capture_output=True, text=True, timeout=900)
+    resumed = subprocess.run(ph.pretrain_command(root / "two", more), env=_env(1, cache), capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed at step 6" in resumed.stdout
     losses = _losses(root / "two")

@@ -2,7 +2,6 @@
 several times in a row, or asked to stop (SIGTERM), and rerun each time, ends with exactly the
 per-step losses, evaluations and mask-book statistics of an uninterrupted run."""
 
-import os
 import pathlib
 import signal
 import subprocess
@@ -18,11 +17,6 @@ import pretrain_helpers as ph  # noqa: E402
 STEPS = 12
 
 
-def _command(workdir, overrides):
-    args = [sys.executable, "-m", "midibert_jax.cli", "pretrain", "--config", ph.SPEC, "--workdir", os.fspath(workdir)]
-    return args + [f"--config.{k}={v}" for k, v in overrides]
-
-
 def _last_step(workdir) -> int:
     path = pathlib.Path(workdir) / "metrics.jsonl"
     return max(ph.train_records(workdir), default=0) if path.exists() else 0
@@ -32,7 +26,7 @@ def _run_until(workdir, overrides, env, step: int, sig: int) -> tuple[int, str]:
     """Starts a run, sends `sig` once its metrics reach `step`; returns (exit status, output)."""
     log = pathlib.Path(f"{workdir}.log")
     with open(log, "w") as out:
-        proc = subprocess.Popen(_command(workdir, overrides), env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(ph.pretrain_command(workdir, overrides), env=env, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 600
         while proc.poll() is None and _last_step(workdir) < step and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -51,7 +45,7 @@ def setup(tmp_path_factory):
         ("train.keep_checkpoints", "2"), ("mask_book.unit", "step"), ("mask_book.every", "3"),
     ]
     env = ph.subprocess_env(1, root / "jax_cache")
-    straight = subprocess.run(_command(root / "straight", overrides), env=env, capture_output=True, text=True,
+    straight = subprocess.run(ph.pretrain_command(root / "straight", overrides), env=env, capture_output=True, text=True,
                               timeout=900)
     assert straight.returncode == 0, straight.stderr[-3000:]
     return root, overrides, env
@@ -70,7 +64,7 @@ def test_repeated_sigkill_at_random_steps_then_resume_is_exact(setup):
     for step in kills:
         code, out = _run_until(workdir, overrides, env, step, signal.SIGKILL)
         assert code == -signal.SIGKILL, out[-2000:]
-    final = subprocess.run(_command(workdir, overrides), env=env, capture_output=True, text=True, timeout=900)
+    final = subprocess.run(ph.pretrain_command(workdir, overrides), env=env, capture_output=True, text=True, timeout=900)
     assert final.returncode == 0, final.stderr[-3000:]
     assert "resumed at step" in final.stdout
     assert _records(workdir) == _records(root / "straight")
@@ -85,7 +79,7 @@ def test_sigterm_saves_then_exits_cleanly_and_resumes_exactly(setup):
     saved = int(out.split("preemption signal: saved step")[1].split()[0].rstrip(","))
     assert 5 <= saved < STEPS
     assert (workdir / "checkpoints" / str(saved)).is_dir()  # saved on the signal, not on the schedule
-    final = subprocess.run(_command(workdir, overrides), env=env, capture_output=True, text=True, timeout=900)
+    final = subprocess.run(ph.pretrain_command(workdir, overrides), env=env, capture_output=True, text=True, timeout=900)
     assert final.returncode == 0, final.stderr[-3000:]
     assert f"resumed at step {saved}" in final.stdout
     assert _records(workdir) == _records(root / "straight")

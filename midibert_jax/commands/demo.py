@@ -33,15 +33,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "and print both validation curves side by side")
 
 
-def _first_and_last(workdir: str, key: str) -> tuple[float, float] | None:
-    from midibert_jax import analysis  # pylint: disable=import-outside-toplevel
-
-    series = analysis.read_metrics(workdir).get(key)
-    if series is None or not len(series[1]):
-        return None
-    return float(series[1][0]), float(series[1][-1])
-
-
 def held_out_pieces(dataset_dir) -> set[str]:
     """Keys of the pieces in a built dataset's validation and test splits (from its manifest)."""
     with open(os.path.join(os.fspath(dataset_dir), "manifest.jsonl"), encoding="utf-8") as f:
@@ -113,8 +104,9 @@ def run(args: argparse.Namespace) -> int:
             runs[f"{task}_{init}"] = {"workdir": workdir, **{k: result[k] for k in ("task", "accuracy", "macro_f1")},
                                       **({"piece_accuracy": result["piece_accuracy"]} if "piece_accuracy" in result else {})}
 
-    eval_acc = _first_and_last(pre_dir, "eval/acc/mean")
     curves = _curves(pre_dirs)
+    adversarial = [v["adversarial"] for _, v in curves if "adversarial" in v]
+    eval_acc = (adversarial[0], adversarial[-1]) if adversarial else None
     summary = {"pretrain": {"workdir": pre_dir, "eval_acc_first_last": eval_acc, "final": pre_result,
                             "eval_acc_curves": {name: {str(step): v[name] for step, v in curves if name in v}
                                                 for name in pre_dirs}},
