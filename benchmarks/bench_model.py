@@ -27,25 +27,12 @@ import optax
 
 from midibert_jax.model import config_io, models
 from midibert_jax.tokenizer import vocab
-from results_io import write_results  # benchmarks/ is on sys.path when a benchmark runs as a script
+from matmul_rate import Matmul  # benchmarks/ is on sys.path when a benchmark runs as a script
+from results_io import write_results
 
 CASES = {"tiny": (8, 512), "base": (2, 1024), "large": (1, 1024)}  # size -> (batch, length)
 REFERENCE_BASE_PEAK_GB = 17.5
 GB = 1e9
-
-
-def matmul_gflops(n: int = 2048, dtype=jnp.float32, reps: int = 5) -> float:
-    """Achieved GFLOP/s of one jitted n x n x n matmul (best of `reps`)."""
-    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
-    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
-    f = jax.jit(jnp.matmul)
-    f(a, b).block_until_ready()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        f(a, b).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
 
 
 def analytic_flops(config, batch: int, length: int) -> float:
@@ -57,7 +44,9 @@ def analytic_flops(config, batch: int, length: int) -> float:
     per_token += 2 * e * sum(vocab.VOCAB_SIZES)  # recoverer
     attn = n_layers * 2 * 2 * batch * length * length * e  # q.k and p.v
     if config.position_embedding == "relative_key_query":
-        attn += n_layers * 2 * 2 * batch * length * (2 * length - 1) * e  # q.r and k.r against the table window
+        # q.E[l-r] and k.E[l-r]: one d-long product per (query, key) pair each, as bench_pretrain.py counts them
+        # (model FLOPs; multiplying every row by all 2L - 1 distance rows would count up to twice this).
+        attn += n_layers * 2 * 2 * batch * length * length * e
     return 3.0 * (per_token * tokens + attn)
 
 
@@ -163,7 +152,7 @@ def main(argv=None) -> int:
         "num_devices": jax.device_count(),
         "host": {"cpus": os.cpu_count(), "machine": platform.machine()},
         "jax": jax.__version__,
-        "matmul": {"n": 2048, "dtype": str(np.dtype(mm_dtype)), "gflops": matmul_gflops(2048, mm_dtype)},
+        "matmul": {"n": 2048, "dtype": str(np.dtype(mm_dtype)), "gflops": Matmul(2048, mm_dtype).gflops()[0]},
         "runs": [],
     }
     print(f"device {result['device']}, matmul {result['matmul']['gflops']:.1f} GFLOP/s")

@@ -30,7 +30,7 @@ relative key-query terms computed unblocked (every query times all 2L - 1 distan
 rows; the same values), and the masking (top-k) alone, to show which part dominates.
 
 Targets (GitHub issue #4): tiny >= 2 x the reference PyTorch's ~430 tokens/s on this machine, and >= 60%
-of the measured matmul rate.
+of the measured matmul rate. bench_attention.py splits one layer into parts to show where a CPU loses it.
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ from midibert_jax import sharding  # noqa: E402
 from midibert_jax.model import positions  # noqa: E402
 from midibert_jax.tokenizer import vocab  # noqa: E402
 from midibert_jax.train import mask_book, masking, pretrain  # noqa: E402
-from results_io import write_results  # benchmarks/ is on sys.path when a benchmark runs as a script
+from matmul_rate import Matmul  # benchmarks/ is on sys.path when a benchmark runs as a script
+from results_io import write_results
 
 CASES = {"tiny": (8, 512), "base": (2, 1024)}  # size -> (global batch, length)
 REFERENCE_TOKENS_PER_S = 430.0  # the reference PyTorch implementation, tiny, on this machine (issue #4)
@@ -79,28 +80,6 @@ _RELATIVE_SCORES = positions.relative_key_query_scores
 def unblocked_relative_key_query_scores(query, key, table, max_len: int):
     """The relative key-query terms in one block: every row times all 2L - 1 distances (the pre-blocking form)."""
     return _RELATIVE_SCORES(query, key, table, max_len, block=query.shape[1])
-
-
-class Matmul:
-    """A jitted float32 n x n x n matmul; `gflops()` times `reps` of them (median). Timed next to each step."""
-
-    def __init__(self, n: int = 2048):
-        self.n = n
-        self.a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-        self.b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-        self.f = jax.jit(jnp.dot)
-        self.f(self.a, self.b).block_until_ready()
-
-    def gflops(self, reps: int = 5) -> tuple[float, float]:
-        """(GFLOP per wall second, GFLOP per CPU second of this process), medians over `reps` matmuls."""
-        wall, cpu = [], []
-        for _ in range(reps):
-            t, c = time.perf_counter(), time.process_time()
-            self.f(self.a, self.b).block_until_ready()
-            wall.append(time.perf_counter() - t)
-            cpu.append(time.process_time() - c)
-        flops = 2 * self.n**3 / 1e9
-        return flops / float(np.median(wall)), flops / float(np.median(cpu))
 
 
 def make_config(size: str, batch: int, length: int, overrides=()):

@@ -14,8 +14,6 @@ import pathlib
 import platform
 import time
 
-import numpy as np
-
 from midibert_jax.tokenizer import TokenizerError, encode_absolute, load_midi
 from results_io import write_results  # benchmarks/ is on sys.path when a benchmark runs as a script
 

@@ -78,14 +78,14 @@ def make_train_step(model, masking_cfg: masking.MaskingConfig, loss_cfg: losses.
             return total, aux
 
         (total, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree_utils.tree_norm(grads)
         finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
         updated = state.apply_gradients(grads)
         new_state = jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old), updated, state)
         aux = dict(aux)
         aux["loss/total"] = total
         aux["norm/grad"] = grad_norm
-        aux["norm/param"] = optax.global_norm(new_state.params)
+        aux["norm/param"] = optax.tree_utils.tree_norm(new_state.params)
         aux["finite"] = finite
         if frozen is not None:
             aux["mask/frozen_fraction_batch"] = mask_book.batch_frozen_fraction(frozen, nonpad)
