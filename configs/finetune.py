@@ -33,6 +33,7 @@ from __future__ import annotations
 import ml_collections
 
 from configs.model import get_model_config
+from configs.optim import get_optim_config
 
 # Config names -> task registry names (midibert_jax.data.tasks.TASKS).
 TASKS = {
@@ -123,22 +124,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Reference bug: only the last example's masked notes are excluded from every example's loss.
     config.augment.reference_last_example_only = reference
 
-    # Optimizer (midibert_jax/train/optim.py): AdamW after global-norm clipping (the reference: 2e-5, wd 0.01, clip 3).
-    config.optim = ml_collections.ConfigDict()
-    config.optim.learning_rate = 2e-5
-    # 'constant' (the reference) or 'warmup_cosine' (warmup_steps linear, then cosine to end_learning_rate).
-    config.optim.schedule = "constant"
-    config.optim.warmup_steps = 0
-    # Steps of the cosine schedule; 0 -> the run's step budget (train.steps or train.epochs x steps per epoch).
-    config.optim.total_steps = 0
-    config.optim.end_learning_rate = 0.0
-    config.optim.b1 = 0.9
-    config.optim.b2 = 0.999
-    config.optim.eps = 1e-6
-    config.optim.weight_decay = 0.01
-    # Decay biases and LayerNorm scales too (True, like transformers.AdamW in the reference).
-    config.optim.decay_bias_and_norm = True
-    config.optim.grad_clip_norm = 3.0
+    # Optimizer (configs/optim.py): AdamW after global-norm clipping (the reference: 2e-5, wd 0.01, clip 3).
+    # total_steps 0 -> the run's step budget (train.steps or train.epochs x steps per epoch).
+    config.optim = get_optim_config(2e-5)
 
     # The training loop (midibert_jax/train/finetune.py).
     config.train = ml_collections.ConfigDict()

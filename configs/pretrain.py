@@ -22,6 +22,7 @@ from __future__ import annotations
 import ml_collections
 
 from configs.model import get_model_config
+from configs.optim import get_optim_config
 from configs.prepare import get_config as get_prepare_config
 
 SIZES = ("tiny", "base", "large")
@@ -111,21 +112,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Reference quirk: pads can be frozen and count in #unfrozen.
     config.mask_book.reference_pads_as_candidates = reference
 
-    # Optimizer (midibert_jax/train/optim.py): AdamW after global-norm clipping.
-    config.optim = ml_collections.ConfigDict()
-    config.optim.learning_rate = 1e-4
-    # 'constant' (the reference) or 'warmup_cosine' (warmup_steps linear, then cosine to end_learning_rate).
-    config.optim.schedule = "constant"
-    config.optim.warmup_steps = 0
-    config.optim.total_steps = ml_collections.FieldReference(0)  # set below to train.steps
-    config.optim.end_learning_rate = 0.0
-    config.optim.b1 = 0.9
-    config.optim.b2 = 0.999
-    config.optim.eps = 1e-6
-    config.optim.weight_decay = 0.01
-    # Decay biases and LayerNorm scales too (True, like transformers.AdamW in the reference).
-    config.optim.decay_bias_and_norm = True
-    config.optim.grad_clip_norm = 3.0
+    # Optimizer (configs/optim.py, midibert_jax/train/optim.py): AdamW after global-norm clipping.
+    config.optim = get_optim_config(1e-4, ml_collections.FieldReference(0))  # total_steps set below to train.steps
 
     # The training loop (midibert_jax/train/pretrain.py).
     config.train = ml_collections.ConfigDict()

@@ -4,6 +4,7 @@
 # multi-host code path without a cluster. Run with -h for the options; --dry-run prints the
 # commands (one per line, shell-quoted, prefixed with "+ ") and runs nothing.
 # Uses no bash-4-only features, so the bash 3.2 of macOS can run it.
+# shellcheck source-path=SCRIPTDIR
 set -euo pipefail
 
 PROG=${0##*/}
@@ -39,42 +40,9 @@ Examples:
 EOF
 }
 
-die() {
-  printf '%s: error: %s\n' "$PROG" "$*" >&2
-  printf "Run '%s -h' for usage.\n" "$PROG" >&2
-  exit 2
-}
-
-note() { printf '%s: %s\n' "$PROG" "$*" >&2; }
-
-shquote() {
-  local s=$1 q="'\\''"
-  if [[ -n $s && $s != *[![:alnum:]_@%+=:,./-]* ]]; then
-    printf '%s' "$s"
-  else
-    printf "'%s'" "${s//\'/$q}"
-  fi
-}
-
-shjoin() {
-  local out="" a
-  for a in "$@"; do
-    out+="${out:+ }$(shquote "$a")"
-  done
-  printf '%s' "$out"
-}
-
-optval() {
-  local name=$1 arg=$2
-  if [[ $arg == *=* ]]; then
-    OPTVAL=${arg#*=}
-    OPTSHIFT=1
-  else
-    [[ $# -ge 3 ]] || die "$name needs a value"
-    OPTVAL=$3
-    OPTSHIFT=2
-  fi
-}
+# die, note, shquote, shjoin, optval.
+# shellcheck source=common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 # ---------------------------------------------------------------- options
 TASK=${MIDIBERT_TASK:-pretrain}

@@ -3,6 +3,7 @@
 # project on every worker, start the same training command on all workers, follow the logs,
 # stop the run and delete the TPU. Run with -h for the options; --dry-run prints every command
 # (one per line, shell-quoted, prefixed with "+ ") and runs nothing.
+# shellcheck source-path=SCRIPTDIR
 set -euo pipefail
 
 PROG=${0##*/}
@@ -56,32 +57,9 @@ Examples:
 EOF
 }
 
-die() {
-  printf '%s: error: %s\n' "$PROG" "$*" >&2
-  printf "Run '%s -h' for usage.\n" "$PROG" >&2
-  exit 2
-}
-
-note() { printf '%s: %s\n' "$PROG" "$*" >&2; }
-
-# Quote one word for a POSIX shell (like Python's shlex.quote).
-shquote() {
-  local s=$1 q="'\\''"
-  if [[ -n $s && $s != *[![:alnum:]_@%+=:,./-]* ]]; then
-    printf '%s' "$s"
-  else
-    printf "'%s'" "${s//\'/$q}"
-  fi
-}
-
-# Quote every argument and join them with spaces.
-shjoin() {
-  local out="" a
-  for a in "$@"; do
-    out+="${out:+ }$(shquote "$a")"
-  done
-  printf '%s' "$out"
-}
+# die, note, shquote, shjoin, optval.
+# shellcheck source=common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 # Print a command ("+ " and the quoted words): on stdout in a dry run, else on stderr before running it.
 run() {
@@ -90,19 +68,6 @@ run() {
   else
     printf '+ %s\n' "$(shjoin "$@")" >&2
     "$@"
-  fi
-}
-
-# Value of an option given as "--opt value" or "--opt=value"; sets OPTVAL and OPTSHIFT.
-optval() {
-  local name=$1 arg=$2
-  if [[ $arg == *=* ]]; then
-    OPTVAL=${arg#*=}
-    OPTSHIFT=1
-  else
-    [[ $# -ge 3 ]] || die "$name needs a value"
-    OPTVAL=$3
-    OPTSHIFT=2
   fi
 }
 

@@ -13,7 +13,7 @@ import pytest
 from conftest import TEST_MAX_LEN
 from midibert_jax import tokenizer
 from midibert_jax.commands import prepare
-from midibert_jax.data import builders, demo_corpus, manifest, windows, workers
+from midibert_jax.data import builders, demo_corpus, manifest, task_builders, windows, workers
 from midibert_jax.tokenizer import vocab
 
 import midi_factory
@@ -194,6 +194,22 @@ def test_the_default_folder_config_reads_manual_dir(tmp_path, capsys):
     assert builder.summary["status"]["ok"] == 3 and builder.summary["source"] == str(tmp_path / "corpus")
     assert "ok 3, skipped 0, duplicate 1, ignored 1" in capsys.readouterr().out  # the printed summary
     assert builders.load_data_source(builder.data_path, "train")[0]["tokens"].shape == (1024, 8)
+
+
+def test_an_unprepared_builder_neither_asks_the_tfds_bucket_nor_leaves_temporary_directories(tmp_path, monkeypatch):
+    import tempfile
+
+    from tensorflow_datasets.core.utils import gcs_utils
+
+    def no_bucket(*args, **kwargs):
+        raise AssertionError("looked up gs://tfds-data")
+
+    monkeypatch.setattr(gcs_utils, "gcs_dataset_info_files", no_bucket)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    builders.MidiFolder(config="default", data_dir=tmp_path / "tfds")
+    task_builders.DemoMelody(config="default", data_dir=tmp_path / "tfds")
+    assert list((tmp_path / "tmp").iterdir()) == []
 
 
 def test_missing_folder_is_a_typed_error(tmp_path):

@@ -98,9 +98,10 @@ def _shellcheck() -> str:
     return found
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+@pytest.mark.parametrize("script", SCRIPTS + [LAUNCH / "common.sh"], ids=lambda p: p.name)
 def test_shellcheck_finds_nothing(script):
-    result = subprocess.run([_shellcheck(), "--severity=style", str(script)], capture_output=True, text=True)
+    # -x: follow `source launch/common.sh`, so its functions are checked where they are used.
+    result = subprocess.run([_shellcheck(), "-x", "--severity=style", str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

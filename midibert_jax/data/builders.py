@@ -488,6 +488,18 @@ def _beam_split(inputs_path: str, config: MidiConfig, options: BuildOptions, rec
 # Builders.
 
 
+class LocalDatasetInfo(tfds.core.DatasetInfo):
+    """DatasetInfo of a dataset that exists only where it was built.
+
+    TFDS looks up every unprepared builder's metadata in its public bucket (gs://tfds-data): a network
+    round trip per builder on a pod worker, and a temporary directory left behind each time. These
+    datasets are never there, so the lookup is skipped.
+    """
+
+    def initialize_from_bucket(self) -> None:
+        return None
+
+
 class MidiFolder(tfds.core.GeneratorBasedBuilder):
     """Octuple windows of a folder of MIDI files (see the module docstring)."""
 
@@ -527,7 +539,7 @@ class MidiFolder(tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         max_len = self.builder_config.max_len
-        return tfds.core.DatasetInfo(
+        return LocalDatasetInfo(
             builder=self,
             description="Octuple token windows (REFERENCE.md §1) of MIDI files.",
             features=tfds.features.FeaturesDict(

@@ -239,7 +239,7 @@ class _TaskBuilder(builders.MidiFolder, skip_registration=True):
             features["labels"] = tfds.features.Tensor(shape=(max_len,), dtype=np.int32)
         else:
             features["label"] = tfds.features.Scalar(dtype=np.int32)
-        return tfds.core.DatasetInfo(
+        return builders.LocalDatasetInfo(
             builder=self,
             description=f"{self.task.description} Octuple windows (REFERENCE.md §1, §3).",
             features=tfds.features.FeaturesDict(features),
