@@ -252,6 +252,16 @@ def test_sequence_task_classifies_windows_and_pieces(tmp_path):
     assert os.path.exists(tmp_path / "eval_test.json") and os.path.exists(tmp_path / "eval_test_piece_confusion.png")
 
 
+def test_a_nonfinite_loss_stops_fine_tuning_naming_the_step_and_saves_nothing_after_it(tmp_path):
+    data = finetune.Data(make_source(32, "note"), make_source(8, "note", seed=1))
+    config = tiny_config("melody,scratch", steps=8, eval_every=2, patience=0, inject_nonfinite_at_step=3)
+    with pytest.raises(finetune.NonFiniteLossError, match=r"at step 3 \(batch of examples \[") as raised:
+        finetune.train_and_evaluate(config, str(tmp_path), data=data, task=NOTE_TASK)
+    # The step's 8 examples are named; the only checkpoint is the evaluation's at step 2, before the bad step.
+    assert len(raised.value.args[0].split("[")[1].split("]")[0].split(",")) == 8
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [2]
+
+
 # ----------------------------------------------------------------------------- warm starts
 
 
@@ -359,3 +369,4 @@ def _namespace(**kwargs):
     import argparse
 
     return argparse.Namespace(config_overrides=[], **kwargs)
+

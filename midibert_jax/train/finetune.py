@@ -51,7 +51,7 @@ from midibert_jax.config_loading import ConfigError
 from midibert_jax.data import pipeline
 from midibert_jax.model import models
 from midibert_jax.train import augment, checkpointing, classification_metrics, masking, metrics, optim, sharded_state
-from midibert_jax.train import warm_start
+from midibert_jax.train import nonfinite, warm_start
 from midibert_jax.train.nonfinite import NonFiniteLossError, check_finite  # noqa: F401 (re-exported)
 from midibert_jax.train.preemption import PreemptionGuard
 
@@ -194,10 +194,7 @@ def make_train_step(model, level: str, aug_cfg: augment.AugmentConfig, inject_no
             return loss, sums
 
         (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updated = state.apply_gradients(grads)
-        new_state = jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old), updated, state)
+        new_state, grad_norm, finite = nonfinite.guarded_update(state, loss, grads)
         out = {
             "loss": loss,
             "acc": sums["correct"] / jnp.maximum(sums["count"], 1.0),

@@ -20,10 +20,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import time
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +34,7 @@ from midibert_jax import sharding
 from midibert_jax.data import pipeline
 from midibert_jax.model import models
 from midibert_jax.tokenizer import vocab
-from midibert_jax.train import checkpointing, losses, mask_book, masking, metrics, optim, sharded_state
+from midibert_jax.train import checkpointing, losses, mask_book, masking, metrics, nonfinite, optim, sharded_state
 from midibert_jax.train.nonfinite import NonFiniteLossError, check_finite  # noqa: F401 (re-exported)
 from midibert_jax.train.preemption import PreemptionGuard
 from midibert_jax.train.sharded_state import abstract_train_state  # shared with fine-tuning
@@ -78,14 +77,11 @@ def make_train_step(model, masking_cfg: masking.MaskingConfig, loss_cfg: losses.
             return total, aux
 
         (total, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        grad_norm = optax.tree_utils.tree_norm(grads)
-        finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
-        updated = state.apply_gradients(grads)
-        new_state = jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old), updated, state)
+        new_state, grad_norm, finite = nonfinite.guarded_update(state, total, grads)
         aux = dict(aux)
         aux["loss/total"] = total
         aux["norm/grad"] = grad_norm
-        aux["norm/param"] = optax.tree_utils.tree_norm(new_state.params)
+        aux["norm/param"] = optax.tree.norm(new_state.params)
         aux["finite"] = finite
         if frozen is not None:
             aux["mask/frozen_fraction_batch"] = mask_book.batch_frozen_fraction(frozen, nonpad)
