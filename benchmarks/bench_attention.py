@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from midibert_jax.model import attention, encoder
+from midibert_jax.model import encoder
 from matmul_rate import Matmul  # benchmarks/ is on sys.path when a benchmark runs as a script
 from results_io import write_results
 
@@ -47,16 +47,6 @@ CASES = {"tiny": (8, 512, 256, 4, 1024), "base": (2, 1024, 768, 12, 3072), "smok
 def _spec(hidden: int, heads: int, mlp: int, length: int, **overrides) -> encoder.EncoderSpec:
     return encoder.EncoderSpec(
         num_layers=1, hidden_size=hidden, num_heads=heads, mlp_dim=mlp, max_len=length, **overrides
-    )
-
-
-def _attention(spec: encoder.EncoderSpec) -> attention.SelfAttention:
-    return attention.SelfAttention(
-        num_heads=spec.num_heads,
-        max_len=spec.max_len,
-        position_embedding=spec.position_embedding,
-        attention_dropout_rate=spec.attention_dropout_rate,
-        fused=spec.fused_attention,
     )
 
 
@@ -120,14 +110,16 @@ def bench_size(size: str, steps: int, matmul: Matmul) -> dict[str, Any]:
     relative_spec = _spec(hidden, heads, mlp, length)
     absolute_spec = _spec(hidden, heads, mlp, length, position_embedding="absolute")
     no_dropout_spec = _spec(hidden, heads, mlp, length, attention_dropout_rate=0.0)
-    train = {"deterministic": False}
+
+    def attention_part(name: str, spec: encoder.EncoderSpec, flops: float) -> Part:
+        return Part(name, _train_step(encoder.self_attention(spec), x, mask, deterministic=False), flops)
+
     parts = [
         Part("layer", _train_step(encoder.EncoderLayer(relative_spec, deterministic=False), x, mask),
              projections + core + relative + feed_forward),
-        Part("attention", _train_step(_attention(relative_spec), x, mask, **train), projections + core + relative),
-        Part("attention_absolute", _train_step(_attention(absolute_spec), x, mask, **train), projections + core),
-        Part("attention_no_dropout", _train_step(_attention(no_dropout_spec), x, mask, **train),
-             projections + core + relative),
+        attention_part("attention", relative_spec, projections + core + relative),
+        attention_part("attention_absolute", absolute_spec, projections + core),
+        attention_part("attention_no_dropout", no_dropout_spec, projections + core + relative),
     ]
     scores = jnp.ones((batch, heads, length, length), jnp.float32)
     double = jax.jit(lambda s: s * 2)

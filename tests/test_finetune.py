@@ -369,4 +369,3 @@ def _namespace(**kwargs):
     import argparse
 
     return argparse.Namespace(config_overrides=[], **kwargs)
-

@@ -15,7 +15,6 @@ With `scan_layers` the layers are one nn.scan: parameters under 'layers' have a 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -68,6 +67,22 @@ def default_attention_mask(tokens: jnp.ndarray) -> jnp.ndarray:
     return tokens[..., vocab.BAR] != int(vocab.PAD_ROW[vocab.BAR])
 
 
+def self_attention(spec: EncoderSpec, name: str | None = None) -> SelfAttention:
+    """The self-attention block of an encoder layer with these hyper-parameters."""
+    return SelfAttention(
+        num_heads=spec.num_heads,
+        max_len=spec.max_len,
+        position_embedding=spec.position_embedding,
+        rope_max_wavelength=spec.rope_max_wavelength,
+        attention_dropout_rate=spec.attention_dropout_rate,
+        initializer_range=spec.initializer_range,
+        fused=spec.fused_attention,
+        dtype=jnp.dtype(spec.dtype),
+        param_dtype=jnp.dtype(spec.param_dtype),
+        name=name,
+    )
+
+
 class EncoderLayer(nn.Module):
     """One post-LN BERT layer: (x [B, L, E], mask [B, L]) -> (x [B, L, E], None) (scan carry form)."""
 
@@ -78,18 +93,7 @@ class EncoderLayer(nn.Module):
     def __call__(self, x: jnp.ndarray, mask: jnp.ndarray):
         s = self.spec
         dtype, param_dtype = jnp.dtype(s.dtype), jnp.dtype(s.param_dtype)
-        h = SelfAttention(
-            num_heads=s.num_heads,
-            max_len=s.max_len,
-            position_embedding=s.position_embedding,
-            rope_max_wavelength=s.rope_max_wavelength,
-            attention_dropout_rate=s.attention_dropout_rate,
-            initializer_range=s.initializer_range,
-            fused=s.fused_attention,
-            dtype=dtype,
-            param_dtype=param_dtype,
-            name="attention",
-        )(x, mask, deterministic=self.deterministic)
+        h = self_attention(s, name="attention")(x, mask, deterministic=self.deterministic)
         h = layers.Dropout(s.dropout_rate)(h, deterministic=self.deterministic)
         x = layers.layer_norm(s.layer_norm_eps, dtype=dtype, param_dtype=param_dtype, name="attention_norm")(x + h)
         init = dict(stddev=s.initializer_range, dtype=dtype, param_dtype=param_dtype)
