@@ -28,12 +28,13 @@ import ml_collections
 import numpy as np
 import pretty_midi
 
+from midibert_jax import run as run_lib
 from midibert_jax import tokenizer
 from midibert_jax.config_loading import ConfigError
 from midibert_jax.data import windows as windows_lib
-from midibert_jax.model import config_io, models
+from midibert_jax.model import models
 from midibert_jax.tokenizer import midi_io, quantize, vocab
-from midibert_jax.train import augment, finetune, masking, warm_start
+from midibert_jax.train import augment, finetune, masking
 
 MidiInput = str | os.PathLike | bytes | pretty_midi.PrettyMIDI
 
@@ -245,23 +246,24 @@ class Predictor:
         """From a fine-tuning workdir (encoder + head), a pre-training workdir or an imported checkpoint (encoder).
 
         Raises:
-          warm_start.NoCheckpointError: nothing to load at `path`.
+          run.NoCheckpointError: nothing to load at `path`.
         """
-        source = warm_start.describe(path, which)
-        if source.kind == "imported":
-            model_config = config_io.from_json_dict(source.config["model"])
-            max_len, task, blank = model_config.max_len, None, False
-        else:
-            run = ml_collections.ConfigDict(source.config)
-            model_config = run.model
-            max_len = run.data.max_len if "data" in run and "max_len" in run.data else model_config.max_len
-            task = finetune.TaskInfo.from_config(run.task) if "task" in run else None
-            blank = bool(run.get("augment", {}).get("blank_velocity", False))
-        model = finetune.build_model(model_config, task) if task is not None else models.build_encoder(model_config)
-        abstract = _abstract_params(model, model_config.max_len)
-        if task is None:
-            abstract = {"encoder": abstract}
-        params = warm_start.load_groups(source, dict(abstract))
+        with run_lib.Run.open(path) as run:
+            if run.is_imported:
+                model_config = run.config.model
+                max_len, task, blank, step = model_config.max_len, None, False, None
+            else:
+                step = run.step(which)
+                config = run.config_at(step)
+                model_config = config.model
+                max_len = config.data.max_len if "data" in config and "max_len" in config.data else model_config.max_len
+                task = finetune.TaskInfo.from_config(config.task) if "task" in config else None
+                blank = bool(config.get("augment", {}).get("blank_velocity", False))
+            model = finetune.build_model(model_config, task) if task is not None else models.build_encoder(model_config)
+            abstract = _abstract_params(model, model_config.max_len)
+            if task is None:
+                abstract = {"encoder": abstract}
+            params = run.params(abstract=abstract, which=step if step is not None else which)
         return cls(model_config, params, max_len=max_len, task=task, blank_velocity=blank, batch_size=batch_size,
                    source=str(path))
 

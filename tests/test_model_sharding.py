@@ -78,9 +78,12 @@ SCRIPT = textwrap.dedent(
     result["predicted_match"] = jax.tree_util.tree_leaves(predicted) == jax.tree_util.tree_leaves(shardings)
     import tempfile
     from midibert_jax.model import imported
+    from midibert_jax.run import Run
+    abstract = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), params, shardings)
     with tempfile.TemporaryDirectory() as tmp:
         imported.save_imported(tmp, params, config, kind="pretrain")
-        config_back, restored = imported.load_imported(tmp, shardings=shardings)
+        with Run.open(tmp) as run:
+            config_back, restored = run.config.model, run.params(abstract=abstract)
         r_query = restored["encoder"]["layers"]["attention"]["query"]["kernel"]
         result["restored_spec"] = spec(r_query)
         result["restored_equal"] = bool(np.array_equal(np.asarray(r_query), np.asarray(query)))

@@ -15,9 +15,10 @@ import pytest
 
 import midi_factory
 from midibert_jax import config_loading, inference, tokenizer
+from midibert_jax.run import NoCheckpointError
 from midibert_jax.commands import predict
 from midibert_jax.data import tasks, workers
-from midibert_jax.train import augment, checkpointing, finetune, warm_start
+from midibert_jax.train import augment, checkpointing, finetune
 
 L = 32
 NUM_NOTES = 82  # write_song: 10 bars x (2 + 2 + 3) notes + 12 drum hits
@@ -197,7 +198,7 @@ def test_bad_inputs_are_clear_errors(tmp_path, melody_workdir):
         predict.run(_args(midi=tmp_path / "nothing.mid", workdir=melody_workdir))
     song = __import__("pathlib").Path(write_song(tmp_path / "song.mid"))
     (tmp_path / "empty_run").mkdir()
-    with pytest.raises(warm_start.NoCheckpointError, match="empty_run: no checkpoint found"):
+    with pytest.raises(NoCheckpointError, match="empty_run: no checkpoint found"):
         predict.run(_args(midi=song, workdir=str(tmp_path / "empty_run")))
     with pytest.raises(FileNotFoundError, match="no checkpoint found"):
         inference.embed(str(song), str(tmp_path / "no_such_run"))

@@ -20,7 +20,8 @@ import transformers
 from torch import nn
 
 from midibert_jax.commands import import_torch
-from midibert_jax.model import config_io, imported, models, torch_import
+from midibert_jax.model import config_io, models, torch_import
+from midibert_jax.run import Run
 from midibert_jax.tokenizer import vocab
 
 ATOL = 1e-4
@@ -249,8 +250,9 @@ def test_import_command_roundtrip(tmp_path):
     )
     assert import_torch.run(args) == 0
 
-    config, params = imported.load_imported(tmp_path / "out")
-    assert imported.read_meta(tmp_path / "out")["kind"] == "pretrain"
+    with Run.open(tmp_path / "out") as run:
+        assert run.kind == "imported" and run.config.kind == "pretrain"
+        config, params = run.config.model, run.params()
     assert config.size == "tiny" and config.num_heads == 4 and set(params) == {"encoder", "recoverer"}
     tokens = _tokens(*SHAPES["tiny"])
     mask = tokens[..., 0] != vocab.PAD_ROW[0]

@@ -2,6 +2,11 @@
 
 Every process may call the writer (it is a no-op elsewhere), so callers never gate collectives on the
 process index: fetch the (replicated) metric values on all processes, then `write`.
+
+Both files go through the path layer (`midibert_jax.paths`, etils epath), so a gs:// workdir writes
+into the bucket. tensorboardX opens event files through its own per-scheme registry
+(`record_writer.register_writer_factory`); a URL workdir's scheme is registered there with a
+factory writing through epath as well (tensorboardX's own gs:// writer needs google-cloud-storage).
 """
 
 from __future__ import annotations
@@ -16,9 +21,31 @@ import jax
 import numpy as np
 import tqdm
 
+from midibert_jax import paths
+
+
+class _EpathEventFiles:
+    """A tensorboardX writer factory for URL schemes: event files written through epath."""
+
+    def open(self, path: str) -> paths.RewriteOnFlush:
+        return paths.RewriteOnFlush(path)
+
+    def directory_check(self, path: str) -> None:
+        del path  # object stores have no folders to create
+
+
+def _tensorboard_writer(logdir: str):
+    """A tensorboardX SummaryWriter on `logdir`, local or a URL (its scheme routed through epath)."""
+    from tensorboardX import SummaryWriter, record_writer  # pylint: disable=import-outside-toplevel
+
+    if paths.is_url(logdir):
+        record_writer.register_writer_factory(logdir.split("://", 1)[0], _EpathEventFiles())
+    return SummaryWriter(logdir)
+
 
 class MetricsWriter:
-    """Writes scalar metrics to `<workdir>/tensorboard` and `<workdir>/metrics.jsonl` on process 0.
+    """Writes scalar metrics to `<workdir>/tensorboard` and `<workdir>/metrics.jsonl` on process 0
+    (`workdir` local or a URL such as gs://bucket/run).
 
     Each jsonl line is {"step": int, "time": unix seconds, "<name>": float, ...}.
     """
@@ -29,11 +56,10 @@ class MetricsWriter:
         self._tb = None
         self._jsonl = None
         if self.enabled:
-            from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-
-            os.makedirs(workdir, exist_ok=True)
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+            root = paths.resolve(workdir)
+            root.mkdir(parents=True, exist_ok=True)
+            self._tb = _tensorboard_writer(os.fspath(root / paths.TENSORBOARD_DIR))
+            self._jsonl = paths.open_append(root / paths.METRICS_FILE)
 
     def write(self, step: int, scalars: Mapping[str, Any]) -> None:
         """Logs scalars (Python numbers or 0-d arrays, device or host) at `step`."""

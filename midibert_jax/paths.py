@@ -1,0 +1,118 @@
+"""Where a run's files live, and how they are written on local disks and cloud buckets alike.
+
+Every file a run writes goes through `etils.epath` (local paths, gs://, s3://: whatever filesystem
+the installed backends reach), never through os.makedirs / open, so a `--workdir gs://bucket/run`
+writes its metrics, TensorBoard events, evaluations and summaries into the bucket.
+
+    root = paths.resolve(workdir)                 # absolute local path, or the URL as it is
+    paths.write_json(root / paths.DEMO_SUMMARY, summary)
+    with paths.open_append(root / paths.METRICS_FILE) as f: f.write(line)
+
+The layout of a training workdir (the only place these names are spelled):
+
+    <workdir>/checkpoints/<step>/<item>/   orbax step folders (items: see train/checkpointing.py)
+    <workdir>/config.json                  the resolved run config
+    <workdir>/metrics.jsonl                one JSON object of scalars per logged step
+    <workdir>/tensorboard/                 event files of the same scalars
+    <workdir>/eval_<split>.json            evaluations (+ eval_<split>_confusion.png)
+
+and of an imported PyTorch checkpoint (`midibert-jax import-torch`): `<dir>/config.json` and
+`<dir>/params/` (an orbax tree).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from etils import epath
+
+CHECKPOINTS = "checkpoints"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+COMPILE_REPORT = "compile_report.json"
+DEMO_SUMMARY = "demo_summary.json"
+IMPORTED_CONFIG = "config.json"
+IMPORTED_PARAMS = "params"
+
+
+def is_url(path: str | os.PathLike) -> bool:
+    """True for `scheme://...` paths (gs://, s3://, ...), False for local ones."""
+    return "://" in os.fspath(path)
+
+
+def resolve(path: str | os.PathLike) -> epath.Path:
+    """An absolute path for local folders (orbax needs them; `~` expanded), URLs as they are."""
+    text = os.fspath(path)
+    return epath.Path(text if is_url(text) else os.path.abspath(os.path.expanduser(text)))
+
+
+def eval_file(split: str, suffix: str = ".json") -> str:
+    """`eval_<split>.json` (or another suffix, e.g. `_confusion.png`): an evaluation's file name."""
+    return f"eval_{split}{suffix}"
+
+
+def write_text(path: str | os.PathLike, text: str) -> epath.Path:
+    """Writes `text` to `path`, creating the parent folder; returns the path."""
+    path = epath.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> epath.Path:
+    """Writes `obj` as indented JSON (one trailing newline), creating the parent folder."""
+    return write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return json.loads(epath.Path(path).read_text())
+
+
+class RewriteOnFlush:
+    """A file opened for appending on a filesystem without append (object stores such as GCS).
+
+    Holds the existing content plus everything written, and rewrites the whole object on `flush`
+    and `close`: the same thing an appending writer to a bucket has to do. Takes str or bytes.
+    (A plain object, not an io class: callers such as tensorboardX fsync anything with a `fileno`.)
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = epath.Path(path)
+        self._data = bytearray(self.path.read_bytes() if self.path.exists() else b"")
+        self._written = -1  # nothing written yet: the first flush creates the object
+        self.closed = False
+
+    def write(self, data: str | bytes) -> int:
+        if self.closed:
+            raise ValueError(f"{self.path}: write to a closed file")
+        self._data += data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        return len(data)
+
+    def flush(self) -> None:
+        if not self.closed and len(self._data) != self._written:
+            self.path.write_bytes(bytes(self._data))
+            self._written = len(self._data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.flush()
+            self.closed = True
+
+    def __enter__(self) -> "RewriteOnFlush":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_append(path: str | os.PathLike, *, binary: bool = False):
+    """A file object appending to `path` (parent folder created): a real append on local disks, a
+    `RewriteOnFlush` on cloud paths (object stores cannot append); `flush` makes the data visible."""
+    path = epath.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not is_url(path):
+        return path.open("ab" if binary else "a", encoding=None if binary else "utf-8")
+    return RewriteOnFlush(path)
