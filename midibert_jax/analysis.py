@@ -1,7 +1,7 @@
 """Reading and plotting results: what the notebooks in notebooks/ call.
 
 Kept in the package (not in the notebooks) so it is tested and reusable from scripts:
-  read_metrics(workdir)                -> {key: (steps int [n], values float [n])}
+  read_metrics(workdir)                -> {key: (steps int [n], values float [n])}, current metric names
   plot_curves(axes, runs, keys)        loss / accuracy curves of several workdirs
   note_rectangles(tokens)              onset, pitch, duration (in beats) of Octuple rows
   piano_roll(ax, tokens, values=...)   notes as bars, coloured by a per-note value (e.g. masker score)
@@ -17,25 +17,30 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from midibert_jax import paths
+from midibert_jax import run as run_lib
 from midibert_jax.tokenizer import quantize, vocab
 
 
 def read_metrics(workdir: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """All scalars of `workdir/metrics.jsonl`, per key, sorted by step (later lines win on a repeated step)."""
-    path = os.path.join(os.fspath(workdir), "metrics.jsonl")
-    if not os.path.exists(path):
+    """All scalars of `workdir/metrics.jsonl`, per key, sorted by step (later lines win on a repeated step).
+
+    Keys are the current metric names (`run.canonical_metric`): a run logged with the old names
+    (`eval/acc/mean`, `loss/total`, ...) reads like a new one (`eval/accuracy`, `train/loss`, ...).
+    """
+    path = paths.resolve(workdir) / paths.METRICS_FILE
+    if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {workdir} a training workdir?")
     series: dict[str, dict[int, float]] = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            step = int(record.pop("step"))
-            record.pop("time", None)
-            for key, value in record.items():
-                if isinstance(value, (int, float)):
-                    series.setdefault(key, {})[step] = float(value)
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        step = int(record.pop("step"))
+        record.pop("time", None)
+        for key, value in record.items():
+            if isinstance(value, (int, float)):
+                series.setdefault(run_lib.canonical_metric(key), {})[step] = float(value)
     return {
         key: (np.array(sorted(points), np.int64), np.array([points[s] for s in sorted(points)], np.float64))
         for key, points in series.items()
@@ -137,16 +142,12 @@ class PretrainRun:
     """
 
     def __init__(self, workdir: str):
-        import ml_collections  # pylint: disable=import-outside-toplevel
-
-        from midibert_jax.train import finetune, pretrain, warm_start  # pylint: disable=import-outside-toplevel
+        from midibert_jax.train import pretrain  # pylint: disable=import-outside-toplevel
 
         self.workdir = workdir
-        directory, _ = warm_start.find_step(workdir, "latest")
-        self.checkpoint_dir = directory
-        self.steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
-        config, _ = finetune.load_run_config(workdir, "latest")
-        self.config = ml_collections.ConfigDict(finetune._single_process_mesh(config).to_dict())  # pylint: disable=protected-access
+        self.run = run_lib.Run.open(workdir)  # read-only: safe on a run still training
+        self.steps = self.run.steps
+        self.config = run_lib.with_local_mesh(self.run.config)
         self.trainer = pretrain.Trainer(self.config, workdir)
         self.data = pretrain.load_data(self.config.data)
 
@@ -162,15 +163,9 @@ class PretrainRun:
 
     def restore(self, step: int):
         """(params, mask book uint8 [N, L/8]) of checkpoint `step`."""
-        from midibert_jax.train import checkpointing  # pylint: disable=import-outside-toplevel
-
-        ckpt = checkpointing.Checkpointer(os.fspath(self.checkpoint_dir), save_every=1, keep_last=10**6)
-        try:
-            book = np.zeros((len(self.data.train), self.config.model.max_len // 8), np.uint8)
-            restored = ckpt.restore(self.trainer.abstract_state, mask_book_target=book, step=step)
-        finally:
-            ckpt.close()
-        return restored.state.params, np.asarray(restored.mask_book)
+        params = self.run.params(abstract=self.trainer.abstract_state.params, which=step)
+        book = self.run.restore({"mask_book": None}, step)["mask_book"]["bits"]
+        return params, np.asarray(book, np.uint8)
 
     def masker_view(self, step: int, tokens: np.ndarray, index: int) -> dict[str, np.ndarray]:
         """The masker's scores of one window at `step`, the notes the adversarial policy would mask
@@ -199,13 +194,12 @@ from midibert_jax.train.classification_metrics import draw_confusion  # noqa: E4
 
 def eval_result(workdir: str, split: str = "test") -> dict:
     """`workdir/eval_<split>.json`, evaluating the workdir first when it is missing."""
-    path = os.path.join(workdir, f"eval_{split}.json")
-    if not os.path.exists(path):
+    path = paths.resolve(workdir) / paths.eval_file(split)
+    if not path.exists():
         from midibert_jax.train import finetune  # pylint: disable=import-outside-toplevel
 
         return finetune.evaluate_workdir(workdir, split)
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return paths.read_json(path)
 
 
 def per_class_table(result: dict) -> str:

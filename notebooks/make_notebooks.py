@@ -25,9 +25,9 @@ nb([
 nb([
  ("md", "# 02 · Pre-training curves\nLoss and per-field masked-token accuracy from `metrics.jsonl`; adversarial masking beside the random-mask baseline when both workdirs are given."),
  ("code", "# Parameters\nworkdir = \"runs/demo/pretrain\"  # an adversarial pre-training workdir\nbaseline_workdir = \"\"  # optional: a masking=random workdir to compare", ["parameters"]),
- ("code", "import matplotlib.pyplot as plt\n\nfrom midibert_jax import analysis\nfrom midibert_jax.tokenizer import vocab\n\nruns = {\"adversarial\": analysis.read_metrics(workdir)}\nif baseline_workdir:\n    runs[\"random\"] = analysis.read_metrics(baseline_workdir)\nfor label, m in runs.items():\n    steps, acc = m[\"eval/acc/mean\"]\n    print(f\"{label:12s} eval accuracy: \" + \", \".join(f\"step {s}: {a:.3f}\" for s, a in zip(steps, acc)))"),
- ("code", "fig, axes = plt.subplots(1, 3, figsize=(15, 3.5))\nanalysis.plot_curves(axes, runs, [\"loss/total\", \"eval/acc/mean\", \"mask/selected_fraction\"])\nplt.tight_layout()\nplt.show()"),
- ("code", "fig, axes = plt.subplots(2, 4, figsize=(16, 6), sharex=True)\nanalysis.plot_curves(axes, runs, [f\"eval/acc/{f}\" for f in vocab.FIELDS])\nplt.tight_layout()\nplt.show()"),
+ ("code", "import matplotlib.pyplot as plt\n\nfrom midibert_jax import analysis\nfrom midibert_jax.tokenizer import vocab\n\nruns = {\"adversarial\": analysis.read_metrics(workdir)}\nif baseline_workdir:\n    runs[\"random\"] = analysis.read_metrics(baseline_workdir)\nfor label, m in runs.items():\n    steps, acc = m[\"eval/accuracy\"]\n    print(f\"{label:12s} eval accuracy: \" + \", \".join(f\"step {s}: {a:.3f}\" for s, a in zip(steps, acc)))"),
+ ("code", "fig, axes = plt.subplots(1, 3, figsize=(15, 3.5))\nanalysis.plot_curves(axes, runs, [\"train/loss\", \"eval/accuracy\", \"mask/selected_fraction\"])\nplt.tight_layout()\nplt.show()"),
+ ("code", "fig, axes = plt.subplots(2, 4, figsize=(16, 6), sharex=True)\nanalysis.plot_curves(axes, runs, [f\"eval/accuracy/{f}\" for f in vocab.FIELDS])\nplt.tight_layout()\nplt.show()"),
 ], "notebooks/02_pretraining.ipynb")
 
 nb([

@@ -60,21 +60,23 @@ def test_import_torch_kinds_match_the_converter():
 
 
 def test_demo_lines_up_the_adversarial_and_random_curves(tmp_path):
-    from midibert_jax.commands import demo  # pylint: disable=import-outside-toplevel
+    from midibert_jax import demo  # pylint: disable=import-outside-toplevel
 
-    for name, points in {"adv": [(50, 0.3), (100, 0.5)], "rnd": [(50, 0.2), (100, 0.4), (150, 0.45)]}.items():
+    # The adversarial run logged the old metric names, the random one the new: both line up.
+    for name, key, points in (("adv", "eval/acc/mean", [(50, 0.3), (100, 0.5)]),
+                              ("rnd", "eval/accuracy", [(50, 0.2), (100, 0.4), (150, 0.45)])):
         (tmp_path / name).mkdir()
-        lines = [f'{{"step": {s}, "eval/acc/mean": {v}}}' for s, v in points] + ['{"step": 60, "loss/total": 1.0}']
+        lines = [f'{{"step": {s}, "{key}": {v}}}' for s, v in points] + ['{"step": 60, "loss/total": 1.0}']
         (tmp_path / name / "metrics.jsonl").write_text("\n".join(lines) + "\n")
-    curves = demo._curves({"adversarial": str(tmp_path / "adv"), "random": str(tmp_path / "rnd")})
+    curves = demo.curves({"adversarial": str(tmp_path / "adv"), "random": str(tmp_path / "rnd")})
     assert curves == [(50, {"adversarial": 0.3, "random": 0.2}), (100, {"adversarial": 0.5, "random": 0.4}),
                       (150, {"random": 0.45})]
 
 
 def test_demo_holds_out_the_tasks_validation_and_test_pieces(tmp_path):
-    from midibert_jax.commands import demo  # pylint: disable=import-outside-toplevel
+    from midibert_jax import demo  # pylint: disable=import-outside-toplevel
 
     rows = [{"path": "a/x.abc#1", "split": "train"}, {"path": "a/x.abc#2", "split": "validation"},
             {"path": "b/y.mxl", "split": "test"}, {"path": "b/z.mxl", "split": None}]
-    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps({"piece_id": i, **r}) + "\n" for i, r in enumerate(rows)))
     assert demo.held_out_pieces(tmp_path) == {"a/x.abc#2", "b/y.mxl"}

@@ -39,14 +39,15 @@ def run(args: argparse.Namespace) -> int:
     from midibert_jax import distributed  # pylint: disable=import-outside-toplevel
 
     distributed.initialize_from_environment()
+    from midibert_jax.run import canonical_metric  # pylint: disable=import-outside-toplevel
     from midibert_jax.train import finetune  # pylint: disable=import-outside-toplevel
 
     result = finetune.evaluate_workdir(args.workdir, args.split, which=args.step, max_batches=args.max_batches)
     if result.get("kind") == "pretrain":
-        fields = " ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in result.items() if k.startswith("eval/acc/")
-                          and k != "eval/acc/mean")
+        scalars = {canonical_metric(k): v for k, v in result.items() if isinstance(v, float)}
+        fields = " ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in scalars.items() if k.startswith("eval/accuracy/"))
         print(f"[evaluate] pre-training run, validation (step {result['step']}): masked-token accuracy "
-              f"{result['eval/acc/mean']:.4f} ({fields}); wrote {args.workdir}/eval_validation.json")
+              f"{scalars['eval/accuracy']:.4f} ({fields}); wrote {args.workdir}/eval_validation.json")
     else:
         _print_finetune(result, args.workdir)
     return 0
