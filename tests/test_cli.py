@@ -74,7 +74,7 @@ def test_demo_lines_up_the_adversarial_and_random_curves(tmp_path):
 def test_demo_holds_out_the_tasks_validation_and_test_pieces(tmp_path):
     from midibert_jax.commands import demo  # pylint: disable=import-outside-toplevel
 
-    rows = [{"path": "a/x.abc#1", "split": "train"}, {"path": "a/x.abc#2", "split": "validation"},
-            {"path": "b/y.mxl", "split": "test"}, {"path": "b/z.mxl", "split": None}]
+    rows = [{"piece_id": 0, "path": "a/x.abc#1", "split": "train"}, {"piece_id": 1, "path": "a/x.abc#2", "split": "validation"},
+            {"piece_id": 2, "path": "b/y.mxl", "split": "test"}, {"piece_id": 3, "path": "b/z.mxl", "split": None}]
     (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert demo.held_out_pieces(tmp_path) == {"a/x.abc#2", "b/y.mxl"}

@@ -35,9 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def held_out_pieces(dataset_dir) -> set[str]:
     """Keys of the pieces in a built dataset's validation and test splits (from its manifest)."""
-    with open(os.path.join(os.fspath(dataset_dir), "manifest.jsonl"), encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    return {r["path"] for r in rows if r.get("split") in ("validation", "test")}
+    from midibert_jax.data import manifest  # pylint: disable=import-outside-toplevel
+
+    return {r.path for r in manifest.Manifest.load(dataset_dir).records if r.split in ("validation", "test")}
 
 
 def _curves(workdirs: dict[str, str], key: str = "eval/acc/mean") -> list[tuple[int, dict[str, float]]]:
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     import jax  # pylint: disable=import-outside-toplevel
 
     from midibert_jax.config_validation import validate_pretrain  # pylint: disable=import-outside-toplevel
-    from midibert_jax.data import tasks  # pylint: disable=import-outside-toplevel
+    from midibert_jax.data import prepare  # pylint: disable=import-outside-toplevel
     from midibert_jax.train import finetune, pretrain  # pylint: disable=import-outside-toplevel
 
     root = args.workdir
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     print("[demo] 0/3 building the demo tasks' datasets (their validation and test pieces stay out of pre-training)")
     held_out = set()
     for task in TASKS:
-        held_out |= held_out_pieces(tasks.prepare_task(finetune_config(task, "scratch").data))
+        held_out |= held_out_pieces(prepare.prepare(finetune_config(task, "scratch").data))
     pre_config.data.demo.exclude = tuple(sorted(held_out))
     print(f"[demo] 1/3 pre-training the tiny model on the demo corpus ({len(held_out)} held-out works excluded) -> {pre_dir}")
     pre_result = pretrain.train_and_evaluate(pre_config, pre_dir)
