@@ -121,8 +121,8 @@ def test_predict_tokenizes_exactly_as_the_dataset_builders(tmp_path):
     order = inference.note_order(pm, tok.rows)
     assert sorted(order) == sorted((i, j) for i, inst in enumerate(pm.instruments) for j in range(len(inst.notes)))
     names = {"MELODY": 0, "BRIDGE": 1, "PIANO": 2}
-    labels = [names.get(pm.instruments[i].name, -1) for i, _ in order]
-    np.testing.assert_array_equal(labels, tok.to_notes(built.labels))
+    track_labels = [names.get(pm.instruments[i].name, -1) for i, _ in order]
+    np.testing.assert_array_equal(track_labels, tok.to_notes(built.labels))
 
 
 def test_predict_melody_writes_every_note_once(tmp_path, melody_workdir, capsys):

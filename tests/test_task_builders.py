@@ -19,7 +19,8 @@ import pytest
 import midi_factory
 from midibert_jax import tokenizer
 from midibert_jax.config_loading import load_config
-from midibert_jax.data import errors, labels, manifest, pipeline, prepare, tasks, windows
+from midibert_jax.data import errors, manifest, pipeline, prepare, tasks, windows
+from midibert_jax.data import labels as labelling
 from midibert_jax.data.builders import task_base, task_kinds
 from midibert_jax.tokenizer import vocab
 
@@ -107,7 +108,7 @@ def piece_splits(dataset_dir) -> dict[str, str]:
 def test_note_labels_follow_tracks_and_rows_match_the_tokenizer(tmp_path):
     path = write_song(tmp_path / "song.mid", tracks=("MELODY", "BRIDGE", "PIANO", "Strings"), num_bars=20)
     patterns = tasks.parse_track_map("MELODY,BRIDGE,PIANO").patterns
-    result = labels.label_note_piece(os.fspath(path), max_len=MAX_LEN, patterns=patterns, unmapped="ignore")
+    result = labelling.label_note_piece(os.fspath(path), max_len=MAX_LEN, patterns=patterns, unmapped="ignore")
     assert result.ok and len(result.windows) > 5
     np.testing.assert_array_equal(result.windows, windows.piece_windows(tokenizer.encode_file(path), MAX_LEN))
     pitch = result.windows[..., vocab.PITCH]
@@ -116,23 +117,23 @@ def test_note_labels_follow_tracks_and_rows_match_the_tokenizer(tmp_path):
     assert np.sum(result.labels == -1) - pad.sum() == 20 * 4  # the Strings notes: kept, unlabelled
     assert result.unmapped == ["Strings"] and any("Strings" in n for n in result.notes)
 
-    failed = labels.label_note_piece(os.fspath(path), max_len=MAX_LEN, patterns=patterns, unmapped="error")
+    failed = labelling.label_note_piece(os.fspath(path), max_len=MAX_LEN, patterns=patterns, unmapped="error")
     assert not failed.ok and failed.error_kind == "unmapped_track" and failed.unmapped == ["Strings"]
 
-    velocity = labels.label_note_piece(os.fspath(path), max_len=MAX_LEN, mode="velocity")
+    velocity = labelling.label_note_piece(os.fspath(path), max_len=MAX_LEN, mode="velocity")
     real = ~np.all(velocity.windows == vocab.PAD_ROW, axis=-1)
     assert np.all(velocity.windows[..., vocab.VELOCITY] == vocab.PAD_ROW[vocab.VELOCITY])  # the label is not in the input
-    expected = labels.velocity_class(np.vectorize(velocity_of)(velocity.windows[..., vocab.PITCH]))
+    expected = labelling.velocity_class(np.vectorize(velocity_of)(velocity.windows[..., vocab.PITCH]))
     np.testing.assert_array_equal(velocity.labels, np.where(real, expected, -1))
-    kept = labels.label_note_piece(os.fspath(path), max_len=MAX_LEN, mode="velocity", blank_velocity=False)
+    kept = labelling.label_note_piece(os.fspath(path), max_len=MAX_LEN, mode="velocity", blank_velocity=False)
     np.testing.assert_array_equal(kept.windows, result.windows)
 
 
 def test_velocity_classes_and_track_maps():
     edges = {0: 0, 31: 0, 32: 1, 47: 1, 48: 2, 63: 2, 64: 3, 79: 3, 80: 4, 95: 4, 96: 5, 127: 5}
-    np.testing.assert_array_equal(labels.velocity_class(np.array(list(edges))), list(edges.values()))
+    np.testing.assert_array_equal(labelling.velocity_class(np.array(list(edges))), list(edges.values()))
     tokens = np.arange(32)
-    np.testing.assert_array_equal(labels.velocity_token_class(tokens), labels.velocity_class(tokens * 4 + 3))
+    np.testing.assert_array_equal(labelling.velocity_token_class(tokens), labelling.velocity_class(tokens * 4 + 3))
 
     pop = tasks.parse_track_map("MELODY,BRIDGE,PIANO")
     assert pop.class_names == tasks.MELODY_CLASSES and pop.classify(" piano ") == 2 and pop.classify("Drums") is None
@@ -230,7 +231,7 @@ def test_pop909_velocity_blanks_the_velocity_input(pop909_root, tmp_path):
     for e in examples:
         real = ~np.all(e["tokens"] == vocab.PAD_ROW, axis=1)
         assert np.all(e["tokens"][:, vocab.VELOCITY] == vocab.PAD_ROW[vocab.VELOCITY])
-        expected = labels.velocity_class(np.vectorize(velocity_of)(e["tokens"][:, vocab.PITCH]))
+        expected = labelling.velocity_class(np.vectorize(velocity_of)(e["tokens"][:, vocab.PITCH]))
         np.testing.assert_array_equal(e["labels"], np.where(real, expected, -1))
     counts = tasks.load_task_info(dataset_dir)["class_counts"]["train"]["notes"]
     assert list(counts) == list(tasks.VELOCITY_CLASSES) and sum(counts.values()) > 0
