@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from midibert_jax.data import manifest, pipeline
+from midibert_jax.errors import UserError
 from midibert_jax.tokenizer import vocab
 
 MAX_LEN = 4
@@ -135,8 +136,9 @@ def test_eval_iterator_covers_every_example_once_and_pads_the_last_batch():
 def test_plan_rejects_bad_sizes():
     with pytest.raises(ValueError, match="multiple"):
         pipeline.BatchPlan(100, global_batch_size=6, process_count=4)
-    with pytest.raises(ValueError, match="fewer"):
+    with pytest.raises(ValueError, match="fewer") as raised:
         pipeline.BatchPlan(5, global_batch_size=8)
+    assert isinstance(raised.value, UserError)  # the command line prints it as one line
 
 
 def test_pipeline_over_the_tfds_array_record_source(built_folder_dataset):
@@ -148,6 +150,9 @@ def test_pipeline_over_the_tfds_array_record_source(built_folder_dataset):
     first_epoch = np.concatenate([x["index"] for x in a[: n // 4]])
     assert len(set(first_epoch.tolist())) == len(first_epoch) and first_epoch.max() < n
     assert a[0]["tokens"].shape == (4, built_folder_dataset.builder_config.max_len, 8)
+    with pytest.raises(KeyError, match="no split 'test'") as raised:
+        pipeline.load_split(built_folder_dataset.data_path, "test")
+    assert isinstance(raised.value, UserError)
     validation = pipeline.load_split(built_folder_dataset.data_path, "validation")
     windows = built_folder_dataset.summary["splits"]["validation"]["windows"]
     assert len(validation) == windows > 0

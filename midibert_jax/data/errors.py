@@ -19,6 +19,17 @@ class BuildError(DataError):
     """A dataset build that cannot proceed (bad config, no inputs)."""
 
 
+class SplitNotFoundError(DataError, KeyError):
+    """A built dataset without the split asked for (e.g. 'test' of a pre-training corpus)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class BatchPlanError(DataError, ValueError):
+    """Batch sizes that do not fit the data or the processes (e.g. fewer examples than one batch)."""
+
+
 class DatasetBusyError(DataError):
     """Another process holds the dataset's build lock longer than the config allows to wait."""
 

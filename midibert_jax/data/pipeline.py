@@ -38,6 +38,7 @@ from typing import Any, Protocol
 import grain
 import numpy as np
 
+from midibert_jax.data.errors import BatchPlanError
 from midibert_jax.tokenizer import vocab
 
 
@@ -69,16 +70,17 @@ class BatchPlan:
 
     def __post_init__(self):
         if self.global_batch_size < 1 or self.global_batch_size % self.process_count:
-            raise ValueError(
+            raise BatchPlanError(
                 f"global_batch_size {self.global_batch_size} must be a positive multiple of process_count {self.process_count}"
             )
         if not 0 <= self.process_index < self.process_count:
-            raise ValueError(f"process_index {self.process_index} not in [0, {self.process_count})")
+            raise BatchPlanError(f"process_index {self.process_index} not in [0, {self.process_count})")
         if self.num_examples < 1:
-            raise ValueError("the data source is empty")
+            raise BatchPlanError("the data source is empty")
         if self.drop_remainder and self.num_examples < self.global_batch_size:
-            raise ValueError(
-                f"{self.num_examples} examples are fewer than one global batch of {self.global_batch_size}"
+            raise BatchPlanError(
+                f"{self.num_examples} examples are fewer than one global batch of {self.global_batch_size} "
+                "(lower data.batch_size)"
             )
 
     @property

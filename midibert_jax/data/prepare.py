@@ -136,13 +136,14 @@ def _process_index_and_barrier():
     return jax.process_index(), multihost_utils.sync_global_devices
 
 
-def build(config: ml_collections.ConfigDict, out=None) -> epath.Path:
-    """Builds the dataset of `config` in this process unless a complete one exists; returns its folder.
+def _build(config: ml_collections.ConfigDict, dataset_dir: epath.Path, out) -> None:
+    """Builds the dataset in this process unless a complete one exists.
 
-    Holds the dataset's lock throughout; removes what killed builds left behind first.
+    A complete dataset is reused without the lock (it may sit on a read-only disk). Otherwise
+    the build holds the dataset's lock throughout and first removes what killed builds left.
     """
-    out = out if out is not None else sys.stderr
-    dataset_dir = make_builder(config).data_path
+    if dataset_lock.is_complete(dataset_dir) and not config.overwrite:
+        return
     local = dataset_lock.is_local(dataset_dir)
     with dataset_lock.DatasetLock(dataset_dir, timeout=config.get("lock_timeout", 0.0), out=out):
         if local:
@@ -163,19 +164,21 @@ def build(config: ml_collections.ConfigDict, out=None) -> epath.Path:
         builder.download_and_prepare(download_config=download_config(config))
         if not (dataset_dir / dataset_lock.COMPLETE_MARKER).exists():
             dataset_lock.mark_complete(dataset_dir)
-    return dataset_dir
 
 
-def prepare(config: ml_collections.ConfigDict) -> epath.Path:
+def prepare(config: ml_collections.ConfigDict, out=None) -> epath.Path:
     """Builds the dataset if needed; returns its folder (<data_dir>/<name>/<config>/<version>).
 
     In a multi-process run process 0 builds first and the others wait, then reuse its files
-    (shared data_dir) or build their own copy (a data_dir on each host's local disk).
+    (shared data_dir) or build their own copy (a data_dir on each host's local disk). Messages
+    (waiting for another build, removing a killed one's leftovers) go to `out` (stderr).
     """
+    out = out if out is not None else sys.stderr
+    dataset_dir = make_builder(config).data_path
     process, barrier = _process_index_and_barrier()
     if process == 0:
-        dataset_dir = build(config)
-    barrier(f"midibert_jax dataset {make_builder(config).data_path}")
+        _build(config, dataset_dir, out)
+    barrier(f"midibert_jax dataset {dataset_dir}")
     if process != 0:
-        dataset_dir = build(config)
+        _build(config, dataset_dir, out)
     return dataset_dir

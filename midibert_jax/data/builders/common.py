@@ -34,7 +34,7 @@ from etils import epath
 from tqdm.auto import tqdm
 
 from midibert_jax.data import manifest, windows, workers
-from midibert_jax.data.errors import BuildError
+from midibert_jax.data.errors import BuildError, SplitNotFoundError
 from midibert_jax.tokenizer import vocab
 
 TRAIN, VALIDATION = "train", "validation"
@@ -338,5 +338,5 @@ def load_data_source(dataset_dir: epath.PathLike, split: str = TRAIN):
     """
     builder = tfds.builder_from_directory(os.fspath(dataset_dir))
     if split not in builder.info.splits:
-        raise KeyError(f"{dataset_dir}: no split {split!r}; splits: {sorted(builder.info.splits)}")
+        raise SplitNotFoundError(f"{dataset_dir}: no split {split!r}; splits: {sorted(builder.info.splits)}")
     return builder.as_data_source(split=split)
