@@ -130,7 +130,8 @@ class DatasetLock:
                     f"dataset {self.dataset_dir} is being built by {describe_holder(holder)}; gave up after "
                     f"{waited:.0f} s (data.lock_timeout={self.timeout:g}; lock file {self.path})"
                 )
-            if not self.waited:
+            # The holder writes its name just after locking: give it a moment before saying "another process".
+            if not self.waited and (holder or waited > 2 * POLL_SECONDS):
                 self.waited = True
                 print(f"Waiting for {describe_holder(holder)}, which is building {self.dataset_dir} "
                       f"(lock file {self.path}); its dataset will be reused.", file=self.out, flush=True)

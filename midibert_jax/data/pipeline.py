@@ -18,10 +18,13 @@ The iterator is a grain ``DatasetIterator`` whose state (``get_state()`` /
 (e.g. orbax + ``grain.checkpoint.CheckpointHandler``). Since the state is just the step,
 ``train_iterator(..., start_step=step)`` resumes equally well, on any process count. A
 trainer that needs the plan itself (steps per epoch) builds it once with `train_plan` and
-iterates it with `plan_iterator`. Batches are dicts of numpy arrays with fixed shapes: ``tokens`` int32 [B, L, 8], ``index`` int64 [B] (the example's stable index in
-its split, for the mask book), ``piece_id`` int32 [B], ``window`` int32 [B], ``valid`` bool
-[B] (False only for the padding of the last evaluation batch). Other example keys (the
-fine-tuning ``labels`` int32 [B, L] / ``label`` int32 [B]) are stacked too; padding gets -1.
+iterates it with `plan_iterator`.
+
+Batches are dicts of numpy arrays with fixed shapes: ``tokens`` int32 [B, L, 8], ``index``
+int64 [B] (the example's stable index in its split, for the mask book), ``piece_id`` int32
+[B], ``window`` int32 [B], ``valid`` bool [B] (False only for the padding of the last
+evaluation batch). Other example keys (the fine-tuning ``labels`` int32 [B, L] / ``label``
+int32 [B]) are stacked too; padding gets -1.
 
 Note: the permutation is over positions in the data source (TFDS shuffles examples when
 writing), which are fixed for a given set of built files; the stable ``index`` feature is
