@@ -154,7 +154,6 @@ def split_transform(inputs_path: str, config: MidiConfig, options: BuildOptions,
     return BuildSplit()
 
 
-
 def inputs_path(build_dir: epath.PathLike, split: str) -> epath.Path:
     return epath.Path(build_dir) / f"_inputs-{split}.jsonl"
 

@@ -76,12 +76,10 @@ class MidiConfig(tfds.core.BuilderConfig):
             raise BuildError(f"config {self.name}: valid_fraction must be in [0, 1), got {self.valid_fraction}")
 
 
-
 def config_name(prefix: str, max_len: int, packing: str, valid_fraction: float, seed: int) -> str:
     """A TFDS config name that encodes a dataset's identity, e.g. "mycorpus-piece1024-v10-s0"."""
     prefix = re.sub(r"[^A-Za-z0-9_]+", "_", prefix).strip("_") or "corpus"
     return f"{prefix}-{packing}{max_len}-v{round(valid_fraction * 100):d}-s{seed}"
-
 
 
 def identity_fields(config: tfds.core.BuilderConfig) -> dict[str, Any]:
@@ -109,7 +107,6 @@ class BuildOptions:
     hash_threads: int = 8
     # Print the build summary when a build finishes.
     print_summary: bool = True
-
 
 
 # ----------------------------------------------------------------------------------------
@@ -230,7 +227,6 @@ def record_from_outcome(inp: InputFile, outcome: workers.Outcome, packing: str) 
     return record, result
 
 
-
 # ----------------------------------------------------------------------------------------
 # Local spill: windows written in order while tokenizing, read back by the TFDS generator.
 
@@ -247,6 +243,7 @@ class Spill:
 
     Subclasses add per-window fields (the task builders' labels) through `open_file`.
     """
+
     def __init__(self, directory: str, max_len: int):
         self.directory = directory
         self.max_len = max_len
@@ -291,7 +288,6 @@ class Spill:
         meta = self.meta[split]
         for i in range(n):
             yield i, make_example(np.asarray(tokens[i]), i, meta["piece_id"][i], meta["window"][i])
-
 
 
 def make_example(tokens: np.ndarray, index: int, piece_id: int, window: int) -> dict[str, Any]:

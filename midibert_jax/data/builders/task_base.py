@@ -39,7 +39,10 @@ TRAIN, VALIDATION, TEST = "train", "validation", "test"
 SPLITS = (TRAIN, VALIDATION, TEST)
 # Keys of split files (split.json and the official lists) -> split names.
 SPLIT_FILE_KEYS = {"train": TRAIN, "valid": VALIDATION, "validation": VALIDATION, "test": TEST}
-OFFICIAL_SPLITS_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "resources", "midibert_splits.json")
+# MidiBERT-Piano's official file lists (midibert_jax/resources/).
+OFFICIAL_SPLITS_PATH = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "resources", "midibert_splits.json"
+)
 
 
 # ----------------------------------------------------------------------------------------
@@ -464,7 +467,6 @@ class TaskBuilder(MidiFolder, skip_registration=True):
             for split, c in self._counts.items():
                 if any(c[key].values()):
                     print(f"  {split} {key} per class: " + ", ".join(f"{k} {v}" for k, v in c[key].items()))
-
 
 
 def _parse_split_lists(lists: Any, source: str) -> dict[str, str]:

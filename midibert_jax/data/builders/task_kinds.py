@@ -35,7 +35,6 @@ def _ignore(inp: InputFile, reason: str, kind: str = "layout") -> None:
     inp.status, inp.reason, inp.error_kind = "ignored", reason, kind
 
 
-
 # ----------------------------------------------------------------------------------------
 # Note tasks.
 
