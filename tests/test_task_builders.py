@@ -19,7 +19,7 @@ import pytest
 import midi_factory
 from midibert_jax import tokenizer
 from midibert_jax.config_loading import load_config
-from midibert_jax.data import errors, manifest, pipeline, prepare, tasks, windows
+from midibert_jax.data import dataset_lock, errors, manifest, pipeline, prepare, tasks, windows
 from midibert_jax.data import labels as labelling
 from midibert_jax.data.builders import task_base, task_kinds
 from midibert_jax.tokenizer import vocab
@@ -304,6 +304,8 @@ def test_sequence_folder_seeded_split_and_split_file(tmp_path):
 
     dataset_dir = prepare.prepare(data_config("folder_sequence", root, tmp_path / "tfds", valid_fraction=0.2, test_fraction=0.2))
     check_common(dataset_dir, tasks.SEQUENCE)
+    # Built on the one locked path of every dataset: marked complete, the lock file beside it.
+    assert (dataset_dir / dataset_lock.COMPLETE_MARKER).exists() and dataset_lock.lock_path(dataset_dir).exists()
     info = tasks.load_task_info(dataset_dir)
     assert info["class_names"] == ["jazz", "pop", "rock"] and info["split"] == "seeded"
     for split in ("validation", "test"):  # stratified: one piece of each class
