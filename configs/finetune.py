@@ -93,7 +93,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Device mesh: size of each axis, -1 = all remaining devices. Batches shard over data x fsdp.
     config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
 
-    # The task's dataset (configs/finetune_data.py; built on first use by midibert_jax.data.tasks.prepare_task).
+    # The task's dataset (configs/finetune_data.py; built on first use by midibert_jax.data.prepare.prepare).
     config.data = _data_config(task, runlocal)
     # Examples (windows) per step over all processes; the reference uses 8 (12 for MidiBERT-Piano).
     config.data.batch_size = 8

@@ -1,12 +1,12 @@
 r"""Fine-tuning data: which task, where its data are, how they are cut and split.
 
 The fine-tuning config builds its `data` block with `task_data_config(task)`; the trainer calls
-`midibert_jax.data.tasks.prepare_task(config.data)` and reads the splits with
+`midibert_jax.data.prepare.prepare(config.data)` and reads the splits with
 `pipeline.load_split(dataset_dir, 'train' | 'validation' | 'test')`.
 
     from configs import finetune_data
     data = finetune_data.task_data_config("melody")      # then e.g. data.root = "~/data/POP909-Dataset"
-    dataset_dir = tasks.prepare_task(data)
+    dataset_dir = prepare.prepare(data)
 
 Standalone (this file's get_config), e.g. to build a dataset ahead of training:
     get_config("demo_collection")            # no download needed
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from configs.prepare import add_build_fields
 from midibert_jax.data import tasks
 
 MODIFIERS = ("runlocal",)
@@ -35,8 +36,6 @@ def task_data_config(task: str, *, runlocal: bool = False) -> ml_collections.Con
     # Dataset folder (TFDS manual_dir): your download of POP909 / Pianist8 / EMOPIA, or your own data
     # (folder_* tasks). Ignored by the demo tasks.
     config.root = ""
-    # Root folder of the built TFDS datasets.
-    config.data_dir = "~/tensorflow_datasets"
     # TFDS config name; empty -> derived from the fields below (split, max_len and a hash of the rest).
     config.name = ""
 
@@ -66,17 +65,6 @@ def task_data_config(task: str, *, runlocal: bool = False) -> ml_collections.Con
     # reference's leak (REFERENCE.md §8, item 2).
     config.blank_velocity = True
 
-    # Tokenizer processes; 0 -> every CPU this process may use.
-    config.num_workers = 0
-    # Seconds one MIDI file may take to tokenize before its worker is killed and the file skipped.
-    config.timeout = 60.0
-    # Address-space limit of each worker process in MiB (0 -> none).
-    config.memory_limit_mb = 4096
-    # Show progress bars.
-    config.progress = True
-    # Delete and rebuild a dataset that already exists (otherwise it is reused).
-    config.overwrite = False
-
     # The demo tasks (music21 corpus; bach, palestrina, monteverdi and trecento are never used).
     config.demo = ml_collections.ConfigDict()
     # Works to take, balanced across collections (seeded by `seed`); 0 -> all works of `collections`.
@@ -87,11 +75,9 @@ def task_data_config(task: str, *, runlocal: bool = False) -> ml_collections.Con
     config.demo.collections = ""
     # Score -> MIDI writer: 'fast' (ties merged, repeats not expanded) or 'music21' (slow on large scores).
     config.demo.writer = "fast"
-    # Seconds one score may take to parse and convert.
-    config.demo.convert_timeout = 120.0
-    # Cache of converted MIDI files (shared with the pre-training demo corpus); empty ->
-    # $MIDIBERT_JAX_CACHE or ~/.cache/midibert_jax.
-    config.demo.cache_dir = ""
+
+    # data_dir, workers, timeouts, progress, overwrite, lock_timeout, demo conversion (configs/prepare.py).
+    add_build_fields(config)
 
     if runlocal:
         config.max_len = 256

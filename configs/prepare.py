@@ -3,9 +3,9 @@ r"""Dataset preparation: which corpus, how it is cut into windows, how the build
 Run:
   midibert-jax prepare                                   # demo corpus (music21 scores), default settings
   midibert-jax prepare --config configs/prepare.py:demo,runlocal
-  midibert-jax prepare --config configs/prepare.py:folder --folder /data/my_midis
-  midibert-jax prepare --config configs/prepare.py:folder,beam --folder /data/lakh \
-      --set beam_options="--runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp"
+  midibert-jax prepare --config configs/prepare.py:folder --config.folder=/data/my_midis
+  midibert-jax prepare --config configs/prepare.py:folder,beam --config.folder=/data/lakh \
+      --config.beam_options="--runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp"
 
 `get_config(arg)` takes a variant, then comma-separated modifiers:
   demo | folder          which builder (music21_demo or midi_folder)
@@ -26,6 +26,31 @@ VARIANTS = ("demo", "folder")
 MODIFIERS = ("runlocal", "reference", "beam")
 
 
+def add_build_fields(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """How a build runs (not part of a dataset's identity): the fields every data block shares
+    (this file's and configs/finetune_data.py's). `config.demo` must exist."""
+    # Root folder of the TFDS datasets (TFDS's own default, so tfds.data_source finds them without data_dir).
+    config.data_dir = "~/tensorflow_datasets"
+    # Tokenizer / converter processes; 0 -> every CPU this process may use.
+    config.num_workers = 0
+    # Seconds one MIDI file may take to tokenize before its worker is killed and the file skipped.
+    config.timeout = 60.0
+    # Address-space limit of each worker process in MiB (0 -> none).
+    config.memory_limit_mb = 4096
+    # Show progress bars (rate and ETA).
+    config.progress = True
+    # Delete and rebuild a dataset that already exists (otherwise it is reused and its summary printed).
+    config.overwrite = False
+    # Seconds to wait while another process builds the same dataset (it holds the lock file next to
+    # the dataset); 0 -> as long as that process lives. Then its dataset is reused.
+    config.lock_timeout = 0.0
+    # Seconds one music21 score may take to parse and convert (demo datasets).
+    config.demo.convert_timeout = 120.0
+    # Cache of converted MIDI files (demo datasets); empty -> $MIDIBERT_JAX_CACHE or ~/.cache/midibert_jax.
+    config.demo.cache_dir = ""
+    return config
+
+
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     parts = [p.strip() for p in (arg or "demo").split(",") if p.strip()]
     variant, modifiers = parts[0], parts[1:]
@@ -38,8 +63,6 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     # Which builder: 'demo' (music21_demo: scores shipped with music21) or 'folder' (midi_folder: your MIDI files).
     config.dataset = variant
-    # Root folder of the TFDS datasets (TFDS's own default, so tfds.data_source finds them without data_dir).
-    config.data_dir = "~/tensorflow_datasets"
     # Folder of MIDI files for dataset='folder' (searched recursively; .mid/.midi/.kar).
     config.folder = ""
     # TFDS config name; empty -> derived from the corpus and the identity fields below
@@ -58,17 +81,6 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     # Seed of the piece-level train/validation split (and of the demo corpus' work selection).
     config.seed = 0
 
-    # Tokenizer / converter processes; 0 -> every CPU this process may use.
-    config.num_workers = 0
-    # Seconds one MIDI file may take to tokenize before its worker is killed and the file skipped.
-    config.timeout = 60.0
-    # Address-space limit of each worker process in MiB (0 -> none).
-    config.memory_limit_mb = 4096
-    # Show progress bars (rate and ETA).
-    config.progress = True
-    # Delete and rebuild a dataset that already exists (otherwise it is reused and its summary printed).
-    config.overwrite = False
-
     # Build with Apache Beam instead of local worker processes (for 10^5-file corpora on a cluster).
     config.beam = False
     # Beam pipeline options as one command-line string, e.g. "--runner=DataflowRunner --project=...";
@@ -84,13 +96,11 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     config.demo.collections = ""
     # Score -> MIDI writer: 'fast' (own, ties merged, repeats not expanded) or 'music21' (slow on large scores).
     config.demo.writer = "fast"
-    # Seconds one score may take to parse and convert.
-    config.demo.convert_timeout = 120.0
-    # Cache of converted MIDI files; empty -> $MIDIBERT_JAX_CACHE or ~/.cache/midibert_jax.
-    config.demo.cache_dir = ""
     # Work keys (e.g. 'airdsAirs/book1.abc#83') never taken: the demo command puts the demo tasks'
     # validation and test pieces here, so pre-training never sees them.
     config.demo.exclude = ()
+
+    add_build_fields(config)
 
     if "runlocal" in modifiers:
         config.demo.max_pieces = 200

@@ -1,8 +1,8 @@
 """`midibert-jax`: one console entry point, one module a subcommand.
 
 Each command module in `midibert_jax.commands` exposes `add_arguments(parser)` (cheap: no
-jax import) and `run(args) -> int`. Library errors that describe bad input become one clear
-line on stderr and exit status 2, not a traceback.
+jax import) and `run(args) -> int`. Errors the user can fix (`midibert_jax.errors.UserError`,
+and a missing file) become one clear line on stderr and exit status 2, not a traceback.
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ import argparse
 import importlib
 import sys
 
-from midibert_jax.config_loading import ConfigError, split_overrides
-from midibert_jax.data.errors import DataError
-from midibert_jax.tokenizer.errors import TokenizerError
+from midibert_jax.config_loading import split_overrides
+from midibert_jax.errors import UserError
 
 # subcommand -> (module, one-line help)
 COMMANDS = {
@@ -28,10 +27,6 @@ COMMANDS = {
     "compile-check": ("midibert_jax.commands.compile_check", "compile the training step and print its memory"),
     "import-torch": ("midibert_jax.commands.import_torch", "convert a published PyTorch checkpoint"),
 }
-
-
-class UserError(Exception):
-    """Bad input or configuration that the user can fix; printed without a traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,14 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         argv, overrides = split_overrides(argv)
-    except ConfigError as e:
+    except UserError as e:
         print(f"midibert-jax: error: {e}", file=sys.stderr)
         return 2
     args = build_parser().parse_args(argv)
     args.config_overrides = overrides
     try:
         return int(args._run(args) or 0)
-    except (TokenizerError, DataError, UserError, ConfigError, FileNotFoundError) as e:
+    except (UserError, FileNotFoundError) as e:
         print(f"midibert-jax {args.command}: error: {e}", file=sys.stderr)
         return 2
 

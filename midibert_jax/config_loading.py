@@ -18,10 +18,12 @@ from typing import Any
 
 import ml_collections
 
+from midibert_jax.errors import UserError
+
 REPO_CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file, argument, key or value that cannot be used."""
 
 

@@ -81,7 +81,7 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
     import jax  # pylint: disable=import-outside-toplevel
 
     from midibert_jax.config_validation import validate_pretrain  # pylint: disable=import-outside-toplevel
-    from midibert_jax.data import tasks  # pylint: disable=import-outside-toplevel
+    from midibert_jax.data import prepare  # pylint: disable=import-outside-toplevel
     from midibert_jax.train import finetune, pretrain  # pylint: disable=import-outside-toplevel
 
     root = epath.Path(options.workdir)
@@ -95,7 +95,7 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
     print("[demo] 0/3 building the demo tasks' datasets (their validation and test pieces stay out of pre-training)")
     held_out = set()
     for task in TASKS:
-        held_out |= held_out_pieces(tasks.prepare_task(_finetune_config(options, task, "scratch", max_len, pre_dir).data))
+        held_out |= held_out_pieces(prepare.prepare(_finetune_config(options, task, "scratch", max_len, pre_dir).data))
     pre_config.data.demo.exclude = tuple(sorted(held_out))
     print(f"[demo] 1/3 pre-training the tiny model on the demo corpus ({len(held_out)} held-out works excluded) -> {pre_dir}")
     pre_result = pretrain.train_and_evaluate(pre_config, pre_dir)

@@ -110,13 +110,14 @@ def main() -> int:
 
 def _run_builder(folder: pathlib.Path, expected: int) -> dict:
     """Builds the folder dataset over the fuzz files; the manifest must list every one."""
-    from midibert_jax.data import builders, manifest  # pylint: disable=import-outside-toplevel
+    from midibert_jax.data import manifest  # pylint: disable=import-outside-toplevel
+    from midibert_jax.data.builders import common, corpus  # pylint: disable=import-outside-toplevel
 
     data_dir = tempfile.mkdtemp(prefix="fuzz_tfds_")
-    config = builders.folder_config(os.fspath(folder), max_len=64)
-    options = builders.BuildOptions(num_workers=2, timeout=30.0, progress=False)
+    config = corpus.folder_config(os.fspath(folder), max_len=64)
+    options = common.BuildOptions(num_workers=2, timeout=30.0, progress=False)
     t0 = time.perf_counter()
-    builder = builders.MidiFolder(config=config, data_dir=data_dir, options=options)
+    builder = corpus.MidiFolder(config=config, data_dir=data_dir, options=options)
     builder.download_and_prepare()
     records = manifest.Manifest.load(builder.data_path).records
     statuses = collections.Counter(r.status for r in records)

@@ -29,14 +29,14 @@ def built_folder_dataset(midi_corpus, tmp_path_factory):
 
     Returns the builder (``.data_path`` is the dataset folder, ``.summary`` the build summary).
     """
-    from midibert_jax.data import builders
+    from midibert_jax.data.builders import common, corpus
 
     folder, _ = midi_corpus
-    config = builders.folder_config(folder, max_len=TEST_MAX_LEN, valid_fraction=0.3, seed=0)
-    builder = builders.MidiFolder(
+    config = corpus.folder_config(folder, max_len=TEST_MAX_LEN, valid_fraction=0.3, seed=0)
+    builder = corpus.MidiFolder(
         config=config,
         data_dir=tmp_path_factory.mktemp("tfds_local"),
-        options=builders.BuildOptions(num_workers=2, timeout=30, progress=False),
+        options=common.BuildOptions(num_workers=2, timeout=30, progress=False),
     )
     builder.download_and_prepare()
     return builder

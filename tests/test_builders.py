@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -11,9 +10,11 @@ import numpy as np
 import pytest
 
 from conftest import TEST_MAX_LEN
-from midibert_jax import tokenizer
+from midibert_jax import cli, tokenizer
 from midibert_jax.commands import prepare
-from midibert_jax.data import builders, demo_corpus, manifest, task_builders, windows, workers
+from midibert_jax.data import demo_corpus, manifest, windows, workers
+from midibert_jax.data.builders import common, corpus, task_kinds
+from midibert_jax.data.errors import BuildError
 from midibert_jax.tokenizer import vocab
 
 import midi_factory
@@ -50,9 +51,9 @@ def test_worker_pool_survives_hangs_crashes_and_exceptions():
 
 
 def test_failed_outcomes_become_skipped_records():
-    inp = builders.InputFile(piece_id=3, name="x.mid", path="/x.mid", sha256="ab", size=1, split="train")
+    inp = common.InputFile(piece_id=3, name="x.mid", path="/x.mid", sha256="ab", size=1, split="train")
     for error, kind in [(workers.TIMEOUT, "timeout"), (workers.WORKER_CRASH, "worker_crash"), (workers.EXCEPTION, "internal_error")]:
-        record, result = builders.record_from_outcome(inp, workers.Outcome("/x.mid", error=error, message="boom\ntrace"), "piece")
+        record, result = common.record_from_outcome(inp, workers.Outcome("/x.mid", error=error, message="boom\ntrace"), "piece")
         assert result is None and record.status == "skipped" and record.error_kind == kind and record.reason == "boom"
         assert record.path == "x.mid" and record.piece_id == 3
 
@@ -88,7 +89,7 @@ def test_folder_build_examples(built_folder_dataset, midi_corpus):
     folder, _ = midi_corpus
     records = {r.piece_id: r for r in manifest.Manifest.load(built_folder_dataset.data_path).records}
     for split in ("train", "validation"):
-        source = builders.load_data_source(built_folder_dataset.data_path, split)
+        source = common.load_data_source(built_folder_dataset.data_path, split)
         examples = sorted((source[i] for i in range(len(source))), key=lambda e: int(e["index"]))
         assert [int(e["index"]) for e in examples] == list(range(len(source)))
         tokens = np.stack([e["tokens"] for e in examples])
@@ -113,19 +114,19 @@ def test_beam_direct_runner_build_equals_local_build(midi_corpus, tmp_path, pack
     import tensorflow_datasets as tfds
 
     folder, _ = midi_corpus
-    config = builders.folder_config(folder, max_len=TEST_MAX_LEN, packing=packing, valid_fraction=0.3, seed=0)
-    options = builders.BuildOptions(num_workers=2, timeout=30, progress=False)
-    local = builders.MidiFolder(config=config, data_dir=tmp_path / "local", options=options)
+    config = corpus.folder_config(folder, max_len=TEST_MAX_LEN, packing=packing, valid_fraction=0.3, seed=0)
+    options = common.BuildOptions(num_workers=2, timeout=30, progress=False)
+    local = corpus.MidiFolder(config=config, data_dir=tmp_path / "local", options=options)
     local.download_and_prepare()
-    on_beam = builders.MidiFolder(config=config, data_dir=tmp_path / "beam", options=options)
+    on_beam = corpus.MidiFolder(config=config, data_dir=tmp_path / "beam", options=options)
     on_beam.download_and_prepare(
         download_config=tfds.download.DownloadConfig(
             beam_runner=beam.runners.DirectRunner(), beam_options=beam.options.pipeline_options.PipelineOptions([])
         )
     )
     for split in ("train", "validation"):
-        a = builders.load_data_source(local.data_path, split)
-        b = builders.load_data_source(on_beam.data_path, split)
+        a = common.load_data_source(local.data_path, split)
+        b = common.load_data_source(on_beam.data_path, split)
         assert len(a) == len(b) > 0
         ea = sorted((a[i] for i in range(len(a))), key=lambda e: int(e["index"]))
         eb = sorted((b[i] for i in range(len(b))), key=lambda e: int(e["index"]))
@@ -136,7 +137,7 @@ def test_beam_direct_runner_build_equals_local_build(midi_corpus, tmp_path, pack
     strip = lambda m: [dict(vars(r), seconds=0) for r in m.records]  # noqa: E731 (timings differ)
     assert strip(manifest.Manifest.load(local.data_path)) == strip(manifest.Manifest.load(on_beam.data_path))
     if packing == "reference":
-        source = builders.load_data_source(local.data_path, "train")
+        source = common.load_data_source(local.data_path, "train")
         eos = sum(int(np.all(source[i]["tokens"] == vocab.EOS_ROW, axis=-1).sum()) for i in range(len(source)))
         train_ok = [r for r in manifest.Manifest.load(local.data_path).records if r.status == "ok" and r.split == "train"]
         assert eos == len(train_ok) + 1  # one EOS per 256-bar chunk; the 300-bar piece has two chunks
@@ -152,7 +153,7 @@ def flaky_tokenize(path, **kwargs):
     return workers.tokenize_piece(path, **kwargs)
 
 
-class FlakyFolder(builders.MidiFolder):
+class FlakyFolder(corpus.MidiFolder):
     """A folder builder whose workers misbehave on purpose (test-only dataset name)."""
 
     tokenize_task = staticmethod(flaky_tokenize)
@@ -161,9 +162,9 @@ class FlakyFolder(builders.MidiFolder):
 def test_a_hanging_or_crashing_file_is_skipped_and_the_build_completes(tmp_path):
     for name in ("a.mid", "hang.mid", "b.mid", "crash.mid", "c.mid"):
         midi_factory.write_piece(tmp_path / "corpus" / name, seed=len(name) + ord(name[0]))
-    config = builders.folder_config(tmp_path / "corpus", max_len=TEST_MAX_LEN, valid_fraction=0.0)
+    config = corpus.folder_config(tmp_path / "corpus", max_len=TEST_MAX_LEN, valid_fraction=0.0)
     builder = FlakyFolder(
-        config=config, data_dir=tmp_path / "tfds", options=builders.BuildOptions(num_workers=2, timeout=3, progress=False)
+        config=config, data_dir=tmp_path / "tfds", options=common.BuildOptions(num_workers=2, timeout=3, progress=False)
     )
     builder.download_and_prepare()
     records = {r.path: r for r in manifest.Manifest.load(builder.data_path).records}
@@ -178,7 +179,7 @@ def test_a_hanging_or_crashing_file_is_skipped_and_the_build_completes(tmp_path)
 def test_split_is_seeded_by_content_and_keeps_both_splits(tmp_path):
     midi_factory.make_corpus(tmp_path, num_good=5, broken=False, extra_files=False)
     def splits(seed):
-        inputs = builders.hash_and_split(builders.list_folder(tmp_path), 0.1, seed, progress=False)
+        inputs = common.hash_and_split(common.list_folder(tmp_path), 0.1, seed, progress=False)
         return {i.name: i.split for i in inputs}
     assert splits(0) == splits(0)
     assert list(splits(0).values()).count("validation") in (1, 2)  # 1 piece (+ its duplicate)
@@ -189,11 +190,11 @@ def test_the_default_folder_config_reads_manual_dir(tmp_path, capsys):
     import tensorflow_datasets as tfds
 
     midi_factory.make_corpus(tmp_path / "corpus", num_good=3, broken=False)
-    builder = builders.MidiFolder(config="default", data_dir=tmp_path / "tfds", options=builders.BuildOptions(num_workers=1))
+    builder = corpus.MidiFolder(config="default", data_dir=tmp_path / "tfds", options=common.BuildOptions(num_workers=1))
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=tmp_path / "corpus"))
     assert builder.summary["status"]["ok"] == 3 and builder.summary["source"] == str(tmp_path / "corpus")
     assert "ok 3, skipped 0, duplicate 1, ignored 1" in capsys.readouterr().out  # the printed summary
-    assert builders.load_data_source(builder.data_path, "train")[0]["tokens"].shape == (1024, 8)
+    assert common.load_data_source(builder.data_path, "train")[0]["tokens"].shape == (1024, 8)
 
 
 def test_an_unprepared_builder_neither_asks_the_tfds_bucket_nor_leaves_temporary_directories(tmp_path, monkeypatch):
@@ -207,14 +208,14 @@ def test_an_unprepared_builder_neither_asks_the_tfds_bucket_nor_leaves_temporary
     monkeypatch.setattr(gcs_utils, "gcs_dataset_info_files", no_bucket)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
-    builders.MidiFolder(config="default", data_dir=tmp_path / "tfds")
-    task_builders.DemoMelody(config="default", data_dir=tmp_path / "tfds")
+    corpus.MidiFolder(config="default", data_dir=tmp_path / "tfds")
+    task_kinds.DemoMelody(config="default", data_dir=tmp_path / "tfds")
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
 def test_missing_folder_is_a_typed_error(tmp_path):
-    with pytest.raises(builders.BuildError, match="does not exist"):
-        builders.list_folder(tmp_path / "nope")
+    with pytest.raises(BuildError, match="does not exist"):
+        common.list_folder(tmp_path / "nope")
 
 
 # -- the demo corpus -------------------------------------------------------------------------
@@ -236,10 +237,10 @@ def test_demo_works_exclude_the_held_out_collections():
 
 
 def test_demo_builder_converts_caches_and_builds(tmp_path):
-    config = builders.demo_config(max_pieces=4, collections=("airdsAirs",), max_len=TEST_MAX_LEN, valid_fraction=0.25)
+    config = corpus.demo_config(max_pieces=4, collections=("airdsAirs",), max_len=TEST_MAX_LEN, valid_fraction=0.25)
     assert config.name != "default"
-    options = builders.BuildOptions(num_workers=2, progress=False, cache_dir=str(tmp_path / "cache"))
-    builder = builders.Music21Demo(config=config, data_dir=tmp_path / "tfds", options=options)
+    options = common.BuildOptions(num_workers=2, progress=False, cache_dir=str(tmp_path / "cache"))
+    builder = corpus.Music21Demo(config=config, data_dir=tmp_path / "tfds", options=options)
     builder.download_and_prepare()
     records = manifest.Manifest.load(builder.data_path).records
     assert len(records) == 4 and all(r.path.startswith("airdsAirs/") and "#" in r.path for r in records)
@@ -251,32 +252,30 @@ def test_demo_builder_converts_caches_and_builds(tmp_path):
     assert all(c.cached and c.status == "ok" for c in again)
     # Excluded works (a downstream task's held-out pieces) are never taken; the selection fills up from the rest.
     excluded = records[0].path
-    config_x = builders.demo_config(max_pieces=4, collections=("airdsAirs",), max_len=TEST_MAX_LEN, valid_fraction=0.25,
+    config_x = corpus.demo_config(max_pieces=4, collections=("airdsAirs",), max_len=TEST_MAX_LEN, valid_fraction=0.25,
                                     exclude=(excluded,))
     assert config_x.name != config.name
-    inputs = builders.Music21Demo(config=config_x, data_dir=tmp_path / "tfds", options=options)._list_inputs(None)
+    inputs = corpus.Music21Demo(config=config_x, data_dir=tmp_path / "tfds", options=options)._list_inputs(None)
     assert len(inputs) == 4 and excluded not in {i.name for i in inputs}
 
 
 def test_registered_demo_configs_are_found_by_fields():
-    assert builders.demo_config().name == "default"
-    assert builders.demo_config(packing="reference").name == "reference"
-    assert builders.demo_config(max_len=512).name == "n1000_fast-piece512-v10-s0"
+    assert corpus.demo_config().name == "default"
+    assert corpus.demo_config(packing="reference").name == "reference"
+    assert corpus.demo_config(max_len=512).name == "n1000_fast-piece512-v10-s0"
 
 
 # -- the prepare command ---------------------------------------------------------------------
 
 
 def _prepare(argv):
-    parser = argparse.ArgumentParser()
-    prepare.add_arguments(parser)
-    return prepare.run(parser.parse_args(argv))
+    return cli.main(["prepare", *argv])
 
 
 def test_prepare_command_builds_a_folder_and_reuses_it(midi_corpus, tmp_path, capsys):
     folder, _ = midi_corpus
-    argv = ["--folder", str(folder), "--data-dir", str(tmp_path), "--quiet", "--workers", "2",
-            "--set", "max_len=16", "--set", "valid_fraction=0.2"]
+    argv = ["--config", f"{prepare.DEFAULT_CONFIG}:folder", f"--config.folder={folder}", f"--config.data_dir={tmp_path}",
+            "--config.progress=False", "--config.num_workers=2", "--config.max_len=16", "--config.valid_fraction=0.2"]
     assert _prepare(argv) == 0
     out = capsys.readouterr().out
     assert "ok 9, skipped 4, duplicate 1, ignored 1" in out and "skipped broken/" in out
@@ -285,10 +284,17 @@ def test_prepare_command_builds_a_folder_and_reuses_it(midi_corpus, tmp_path, ca
     assert "Reusing" in capsys.readouterr().out
 
 
-def test_prepare_command_reports_bad_requests(tmp_path, capsys):
-    assert _prepare(["--folder", str(tmp_path / "missing"), "--data-dir", str(tmp_path), "--quiet"]) == 2
-    assert "does not exist" in capsys.readouterr().err
-    assert _prepare(["--set", "demo.collections=bach", "--data-dir", str(tmp_path), "--quiet"]) == 2
-    assert "held out" in capsys.readouterr().err
-    assert _prepare(["--set", "max_len=abc", "--data-dir", str(tmp_path)]) == 2
-    assert _prepare(["--config", f"{prepare.DEFAULT_CONFIG}:nope", "--data-dir", str(tmp_path)]) == 2
+def test_prepare_command_reports_bad_requests_in_one_line(tmp_path, capsys):
+    def error_line(argv):
+        assert _prepare(argv) == 2
+        captured = capsys.readouterr()
+        assert "Traceback" not in captured.err and captured.err.count("\n") == 1
+        return captured.err
+
+    folder = ["--config", f"{prepare.DEFAULT_CONFIG}:folder", f"--config.data_dir={tmp_path}", "--config.progress=False"]
+    assert "does not exist" in error_line([*folder, f"--config.folder={tmp_path / 'missing'}"])
+    assert "needs data.folder" in error_line(folder)
+    assert "held out" in error_line(["--config.demo.collections=bach", f"--config.data_dir={tmp_path}", "--config.progress=False"])
+    assert "max_len" in error_line(["--config.max_len=abc", f"--config.data_dir={tmp_path}"])
+    assert "nope" in error_line(["--config", f"{prepare.DEFAULT_CONFIG}:nope", f"--config.data_dir={tmp_path}"])
+    assert "no_such_field" in error_line(["--config.no_such_field=1"])

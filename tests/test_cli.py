@@ -80,3 +80,29 @@ def test_demo_holds_out_the_tasks_validation_and_test_pieces(tmp_path):
             {"path": "b/y.mxl", "split": "test"}, {"path": "b/z.mxl", "split": None}]
     (tmp_path / "manifest.jsonl").write_text("".join(json.dumps({"piece_id": i, **r}) + "\n" for i, r in enumerate(rows)))
     assert demo.held_out_pieces(tmp_path) == {"a/x.abc#2", "b/y.mxl"}
+
+
+def test_user_errors_of_every_layer_are_one_line_and_bugs_keep_their_traceback(monkeypatch, capsys):
+    import pytest
+
+    from midibert_jax.commands import tokenize
+    from midibert_jax.config_loading import ConfigError
+    from midibert_jax.data import errors
+    from midibert_jax.tokenizer import MidiReadError
+
+    def failing(error):
+        def run(args):
+            raise error
+        return run
+
+    user_errors = [ConfigError("unknown key train.stepz"), errors.DatasetNotFoundError("POP909: folder /x is missing"),
+                   errors.DatasetBusyError("dataset /d is being built by pid 7"), MidiReadError("truncated", "/a.mid"),
+                   errors.SplitNotFoundError("/d: no split 'test'")]
+    for error in user_errors:
+        monkeypatch.setattr(tokenize, "run", failing(error))
+        assert cli.main(["tokenize", "a.mid"]) == 2
+        err = capsys.readouterr().err
+        assert err == f"midibert-jax tokenize: error: {error}\n"
+    monkeypatch.setattr(tokenize, "run", failing(ZeroDivisionError("a bug")))
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["tokenize", "a.mid"])

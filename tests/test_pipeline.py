@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from midibert_jax.data import builders, pipeline
+from midibert_jax.data import manifest, pipeline
+from midibert_jax.errors import UserError
 from midibert_jax.tokenizer import vocab
 
 MAX_LEN = 4
@@ -29,6 +30,11 @@ class FakeSource:
             "piece_id": np.int32(i // 3),
             "window": np.int32(i % 3),
         }
+
+
+def stack_process_batches(batches):
+    """Concatenates per-process batches (in process order) into the global batch."""
+    return {k: np.concatenate([b[k] for b in batches], axis=0) for k in batches[0]}
 
 
 def take(it, n):
@@ -76,6 +82,8 @@ def test_each_epoch_is_a_fresh_permutation_and_the_epoch_follows_from_the_step()
     finite = list(train(source, num_epochs=2))
     assert len(finite) == 8
     assert_batches_equal(finite, batches[:8])
+    # The plan built once by a trainer yields the same batches, also from a later step.
+    assert_batches_equal(take(pipeline.plan_iterator(source, plan, start_step=5, num_threads=1), 7), batches[5:])
 
 
 def test_resume_at_step_n_matches_an_uninterrupted_run():
@@ -105,7 +113,7 @@ def test_resume_with_another_process_count_gives_the_same_global_batches(process
         batches = take(restored, 7)
         assert batches[0]["tokens"].shape[0] == 8 // process_count
         per_process.append(batches)
-    stacked = [pipeline.stack_process_batches([per_process[p][s] for p in range(process_count)]) for s in range(7)]
+    stacked = [stack_process_batches([per_process[p][s] for p in range(process_count)]) for s in range(7)]
     assert_batches_equal(stacked, single[5:])
 
 
@@ -116,7 +124,7 @@ def test_eval_iterator_covers_every_example_once_and_pads_the_last_batch():
         for p in range(2)
     ]
     assert [len(b) for b in per_process] == [3, 3]
-    stacked = [pipeline.stack_process_batches([per_process[0][s], per_process[1][s]]) for s in range(3)]
+    stacked = [stack_process_batches([per_process[0][s], per_process[1][s]]) for s in range(3)]
     index = np.concatenate([b["index"] for b in stacked])
     valid = np.concatenate([b["valid"] for b in stacked])
     assert valid.sum() == 21 and sorted(index[valid].tolist()) == list(range(1000, 1021))
@@ -128,8 +136,9 @@ def test_eval_iterator_covers_every_example_once_and_pads_the_last_batch():
 def test_plan_rejects_bad_sizes():
     with pytest.raises(ValueError, match="multiple"):
         pipeline.BatchPlan(100, global_batch_size=6, process_count=4)
-    with pytest.raises(ValueError, match="fewer"):
+    with pytest.raises(ValueError, match="fewer") as raised:
         pipeline.BatchPlan(5, global_batch_size=8)
+    assert isinstance(raised.value, UserError)  # the command line prints it as one line
 
 
 def test_pipeline_over_the_tfds_array_record_source(built_folder_dataset):
@@ -141,4 +150,13 @@ def test_pipeline_over_the_tfds_array_record_source(built_folder_dataset):
     first_epoch = np.concatenate([x["index"] for x in a[: n // 4]])
     assert len(set(first_epoch.tolist())) == len(first_epoch) and first_epoch.max() < n
     assert a[0]["tokens"].shape == (4, built_folder_dataset.builder_config.max_len, 8)
-    assert builders.load_data_source(built_folder_dataset.data_path, "validation") is not None
+    with pytest.raises(KeyError, match="no split 'test'") as raised:
+        pipeline.load_split(built_folder_dataset.data_path, "test")
+    assert isinstance(raised.value, UserError)
+    validation = pipeline.load_split(built_folder_dataset.data_path, "validation")
+    windows = built_folder_dataset.summary["splits"]["validation"]["windows"]
+    assert len(validation) == windows > 0
+    indices = sorted(int(validation[i]["index"]) for i in range(len(validation)))
+    assert indices == list(range(windows))  # contiguous 0..N-1, each once
+    assert manifest.split_notes(built_folder_dataset.data_path, "validation") == \
+        built_folder_dataset.summary["splits"]["validation"]["notes"]

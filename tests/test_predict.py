@@ -17,7 +17,7 @@ import midi_factory
 from midibert_jax import config_loading, inference, tokenizer
 from midibert_jax.run import NoCheckpointError
 from midibert_jax.commands import predict
-from midibert_jax.data import tasks, workers
+from midibert_jax.data import labels, tasks, workers
 from midibert_jax.train import augment, checkpointing, finetune
 
 L = 32
@@ -108,12 +108,12 @@ def test_predict_tokenizes_exactly_as_the_dataset_builders(tmp_path):
     assert len(tok.windows) >= 3 and tok.num_notes == NUM_NOTES
     # Sequence tasks and pre-training (workers.tokenize_piece) ...
     np.testing.assert_array_equal(tok.windows, workers.tokenize_piece(song, max_len=L, packing="piece").windows)
-    # ... and the note tasks' labelling builder (tasks.label_note_piece).
+    # ... and the note tasks' labelling builder (labels.label_note_piece).
     patterns = tasks.parse_track_map("MELODY,BRIDGE,PIANO").patterns
-    built = tasks.label_note_piece(song, max_len=L, mode="track", patterns=patterns, unmapped="ignore")
+    built = labels.label_note_piece(song, max_len=L, mode="track", patterns=patterns, unmapped="ignore")
     np.testing.assert_array_equal(tok.windows, built.windows)
     # The velocity task's input: blanked in the dataset and at the model input alike.
-    velocity = tasks.label_note_piece(song, max_len=L, mode="velocity", blank_velocity=True)
+    velocity = labels.label_note_piece(song, max_len=L, mode="velocity", blank_velocity=True)
     np.testing.assert_array_equal(np.asarray(augment.blank_velocity(tok.windows)), velocity.windows)
     # Bytes and a parsed file give the same.
     np.testing.assert_array_equal(inference.tokenize(pathlib.Path(song).read_bytes(), L).windows, tok.windows)
@@ -122,8 +122,8 @@ def test_predict_tokenizes_exactly_as_the_dataset_builders(tmp_path):
     order = inference.note_order(pm, tok.rows)
     assert sorted(order) == sorted((i, j) for i, inst in enumerate(pm.instruments) for j in range(len(inst.notes)))
     names = {"MELODY": 0, "BRIDGE": 1, "PIANO": 2}
-    labels = [names.get(pm.instruments[i].name, -1) for i, _ in order]
-    np.testing.assert_array_equal(labels, tok.to_notes(built.labels))
+    track_labels = [names.get(pm.instruments[i].name, -1) for i, _ in order]
+    np.testing.assert_array_equal(track_labels, tok.to_notes(built.labels))
 
 
 def test_predict_melody_writes_every_note_once(tmp_path, melody_workdir, capsys):
@@ -158,7 +158,7 @@ def test_split_tracks_and_velocities_follow_the_predictions(tmp_path):
 
     values = inference.velocity_values(6)
     np.testing.assert_array_equal(values, [16, 40, 56, 72, 88, 112])
-    np.testing.assert_array_equal(tasks.velocity_class(values), np.arange(6))  # each value is in its class
+    np.testing.assert_array_equal(labels.velocity_class(values), np.arange(6))  # each value is in its class
     classes = np.arange(tok.num_notes) % 6
     pm = inference.with_velocities(tok, values[classes])
     for (i, j), c in zip(order, classes):

@@ -19,11 +19,13 @@ import pytest
 import midi_factory
 from midibert_jax import tokenizer
 from midibert_jax.config_loading import load_config
-from midibert_jax.data import manifest, pipeline, tasks, task_builders, windows
+from midibert_jax.data import dataset_lock, errors, manifest, pipeline, prepare, tasks, windows
+from midibert_jax.data import labels as labelling
+from midibert_jax.data.builders import task_base, task_kinds
 from midibert_jax.tokenizer import vocab
 
 MAX_LEN = 32
-SPLITS = json.loads(pathlib.Path(task_builders.OFFICIAL_SPLITS_PATH).read_text())
+SPLITS = json.loads(pathlib.Path(task_base.OFFICIAL_SPLITS_PATH).read_text())
 # Pitch range per track; the class of a note follows from its pitch.
 TRACK_PITCHES = {"MELODY": (72, 84), "BRIDGE": (60, 71), "PIANO": (36, 59), "Strings": (85, 100), "Drums": (101, 110)}
 
@@ -106,7 +108,7 @@ def piece_splits(dataset_dir) -> dict[str, str]:
 def test_note_labels_follow_tracks_and_rows_match_the_tokenizer(tmp_path):
     path = write_song(tmp_path / "song.mid", tracks=("MELODY", "BRIDGE", "PIANO", "Strings"), num_bars=20)
     patterns = tasks.parse_track_map("MELODY,BRIDGE,PIANO").patterns
-    result = tasks.label_note_piece(os.fspath(path), max_len=MAX_LEN, patterns=patterns, unmapped="ignore")
+    result = labelling.label_note_piece(os.fspath(path), max_len=MAX_LEN, patterns=patterns, unmapped="ignore")
     assert result.ok and len(result.windows) > 5
     np.testing.assert_array_equal(result.windows, windows.piece_windows(tokenizer.encode_file(path), MAX_LEN))
     pitch = result.windows[..., vocab.PITCH]
@@ -115,23 +117,23 @@ def test_note_labels_follow_tracks_and_rows_match_the_tokenizer(tmp_path):
     assert np.sum(result.labels == -1) - pad.sum() == 20 * 4  # the Strings notes: kept, unlabelled
     assert result.unmapped == ["Strings"] and any("Strings" in n for n in result.notes)
 
-    failed = tasks.label_note_piece(os.fspath(path), max_len=MAX_LEN, patterns=patterns, unmapped="error")
+    failed = labelling.label_note_piece(os.fspath(path), max_len=MAX_LEN, patterns=patterns, unmapped="error")
     assert not failed.ok and failed.error_kind == "unmapped_track" and failed.unmapped == ["Strings"]
 
-    velocity = tasks.label_note_piece(os.fspath(path), max_len=MAX_LEN, mode="velocity")
+    velocity = labelling.label_note_piece(os.fspath(path), max_len=MAX_LEN, mode="velocity")
     real = ~np.all(velocity.windows == vocab.PAD_ROW, axis=-1)
     assert np.all(velocity.windows[..., vocab.VELOCITY] == vocab.PAD_ROW[vocab.VELOCITY])  # the label is not in the input
-    expected = tasks.velocity_class(np.vectorize(velocity_of)(velocity.windows[..., vocab.PITCH]))
+    expected = labelling.velocity_class(np.vectorize(velocity_of)(velocity.windows[..., vocab.PITCH]))
     np.testing.assert_array_equal(velocity.labels, np.where(real, expected, -1))
-    kept = tasks.label_note_piece(os.fspath(path), max_len=MAX_LEN, mode="velocity", blank_velocity=False)
+    kept = labelling.label_note_piece(os.fspath(path), max_len=MAX_LEN, mode="velocity", blank_velocity=False)
     np.testing.assert_array_equal(kept.windows, result.windows)
 
 
 def test_velocity_classes_and_track_maps():
     edges = {0: 0, 31: 0, 32: 1, 47: 1, 48: 2, 63: 2, 64: 3, 79: 3, 80: 4, 95: 4, 96: 5, 127: 5}
-    np.testing.assert_array_equal(tasks.velocity_class(np.array(list(edges))), list(edges.values()))
+    np.testing.assert_array_equal(labelling.velocity_class(np.array(list(edges))), list(edges.values()))
     tokens = np.arange(32)
-    np.testing.assert_array_equal(tasks.velocity_token_class(tokens), tasks.velocity_class(tokens * 4 + 3))
+    np.testing.assert_array_equal(labelling.velocity_token_class(tokens), labelling.velocity_class(tokens * 4 + 3))
 
     pop = tasks.parse_track_map("MELODY,BRIDGE,PIANO")
     assert pop.class_names == tasks.MELODY_CLASSES and pop.classify(" piano ") == 2 and pop.classify("Drums") is None
@@ -139,11 +141,11 @@ def test_velocity_classes_and_track_maps():
     assert mine.class_names == ("melody", "accomp")
     assert mine.classify("VOCALS lead") == 0 and mine.classify("guitar") == 1 and mine.classify("Bass") is None
     assert tasks.parse_track_map("Piano=accomp,Vocal=melody", ["melody", "accomp"]).classify("vocal") == 0
-    with pytest.raises(tasks.TaskConfigError, match="needs a track_map"):
+    with pytest.raises(errors.TaskConfigError, match="needs a track_map"):
         tasks.parse_track_map("")
-    with pytest.raises(tasks.SingleClassError, match="one class"):
+    with pytest.raises(errors.SingleClassError, match="one class"):
         tasks.parse_track_map("Vocal=melody,Lead=melody")
-    with pytest.raises(tasks.TaskConfigError, match="not in class_names"):
+    with pytest.raises(errors.TaskConfigError, match="not in class_names"):
         tasks.parse_track_map("Vocal=melody,Bass=bass", ["melody", "accomp"])
 
 
@@ -162,10 +164,11 @@ def test_registry_and_configs_follow_the_contract():
     for name, (level, classes) in expected.items():
         task = tasks.get_task(name)
         assert (task.level, task.class_names, task.num_classes) == (level, classes, len(classes))
-        assert task.builder.TASK == name
+        assert task_kinds.BUILDERS[name].TASK == name
+        assert task.target_key == ("labels" if level == tasks.NOTE else "label")
         config = load_config(f"configs/finetune_data.py:{name}")
         assert config.task == name and config.split == task.default_split
-    with pytest.raises(tasks.TaskConfigError, match="unknown task"):
+    with pytest.raises(errors.TaskConfigError, match="unknown task"):
         tasks.get_task("genre")
     config = load_config("configs/finetune_data.py:folder_note")
     config.track_map = "Vocal=melody,Piano=accompaniment"
@@ -173,8 +176,8 @@ def test_registry_and_configs_follow_the_contract():
     assert load_config("configs/finetune_data.py:demo_collection,runlocal").max_len == 256
     config = load_config("configs/finetune_data.py:composer")
     config.split = "bogus"
-    with pytest.raises(tasks.TaskConfigError, match="data.split"):
-        tasks.resolve_split(config)
+    with pytest.raises(errors.TaskConfigError, match="data.split"):
+        prepare.resolve_split(config)
 
 
 # -- the standard datasets --------------------------------------------------------------------------
@@ -197,7 +200,7 @@ def pop909_root(tmp_path_factory) -> pathlib.Path:
 
 
 def test_pop909_melody_uses_the_official_split_and_labels_every_note(pop909_root, tmp_path):
-    dataset_dir = tasks.prepare_task(data_config("melody", pop909_root, tmp_path))
+    dataset_dir = prepare.prepare(data_config("melody", pop909_root, tmp_path))
     check_common(dataset_dir, tasks.NOTE)
     records = {r.path: r for r in manifest.Manifest.load(dataset_dir).records}
     train, valid, test = SPLITS["pop909"]["train"][:3], SPLITS["pop909"]["valid"][0], SPLITS["pop909"]["test"][0]
@@ -222,13 +225,13 @@ def test_pop909_melody_uses_the_official_split_and_labels_every_note(pop909_root
 
 
 def test_pop909_velocity_blanks_the_velocity_input(pop909_root, tmp_path):
-    dataset_dir = tasks.prepare_task(data_config("velocity", pop909_root / "POP909", tmp_path))
+    dataset_dir = prepare.prepare(data_config("velocity", pop909_root / "POP909", tmp_path))
     check_common(dataset_dir, tasks.NOTE)
     examples = read_split(dataset_dir, "train")
     for e in examples:
         real = ~np.all(e["tokens"] == vocab.PAD_ROW, axis=1)
         assert np.all(e["tokens"][:, vocab.VELOCITY] == vocab.PAD_ROW[vocab.VELOCITY])
-        expected = tasks.velocity_class(np.vectorize(velocity_of)(e["tokens"][:, vocab.PITCH]))
+        expected = labelling.velocity_class(np.vectorize(velocity_of)(e["tokens"][:, vocab.PITCH]))
         np.testing.assert_array_equal(e["labels"], np.where(real, expected, -1))
     counts = tasks.load_task_info(dataset_dir)["class_counts"]["train"]["notes"]
     assert list(counts) == list(tasks.VELOCITY_CLASSES) and sum(counts.values()) > 0
@@ -246,7 +249,7 @@ def test_pianist8_composer_labels_every_window_with_the_piece(tmp_path):
     (tmp_path / "Pianist8" / "audio").mkdir()
     (tmp_path / "Pianist8" / "audio" / "x.mp3").write_bytes(b"ID3")
 
-    dataset_dir = tasks.prepare_task(data_config("composer", tmp_path / "Pianist8", tmp_path / "tfds"))
+    dataset_dir = prepare.prepare(data_config("composer", tmp_path / "Pianist8", tmp_path / "tfds"))
     check_common(dataset_dir, tasks.SEQUENCE)
     assert piece_splits(dataset_dir) == {rel: {"valid": "validation"}.get(s, s) for rel, s in chosen.items()}
     records = {r.path: r for r in manifest.Manifest.load(dataset_dir).records}
@@ -273,7 +276,7 @@ def test_emopia_emotion_labels_from_the_file_name(tmp_path):
     midi_factory.write_piece(root / "midis" / "other.mid", seed=61)
     (root / "metadata_by_song.csv").write_text("songID\n")
 
-    dataset_dir = tasks.prepare_task(data_config("emotion", root, tmp_path / "tfds"))
+    dataset_dir = prepare.prepare(data_config("emotion", root, tmp_path / "tfds"))
     check_common(dataset_dir, tasks.SEQUENCE)
     assert piece_splits(dataset_dir) == {rel: {"valid": "validation"}.get(s, s) for rel, s in chosen.items()}
     ids = {r.piece_id: r.path for r in manifest.Manifest.load(dataset_dir).records}
@@ -299,8 +302,10 @@ def test_sequence_folder_seeded_split_and_split_file(tmp_path):
     midi_factory.write_noteless(root / "rock" / "silent.mid")
     midi_factory.write_piece(root / "loose.mid", seed=7)
 
-    dataset_dir = tasks.prepare_task(data_config("folder_sequence", root, tmp_path / "tfds", valid_fraction=0.2, test_fraction=0.2))
+    dataset_dir = prepare.prepare(data_config("folder_sequence", root, tmp_path / "tfds", valid_fraction=0.2, test_fraction=0.2))
     check_common(dataset_dir, tasks.SEQUENCE)
+    # Built on the one locked path of every dataset: marked complete, the lock file beside it.
+    assert (dataset_dir / dataset_lock.COMPLETE_MARKER).exists() and dataset_lock.lock_path(dataset_dir).exists()
     info = tasks.load_task_info(dataset_dir)
     assert info["class_names"] == ["jazz", "pop", "rock"] and info["split"] == "seeded"
     for split in ("validation", "test"):  # stratified: one piece of each class
@@ -312,7 +317,7 @@ def test_sequence_folder_seeded_split_and_split_file(tmp_path):
     (root / "split.json").write_text(json.dumps(
         {"train": ["jazz/jazz_0.mid", "pop/pop_0.mid", "./rock/rock_0.mid"], "valid": ["jazz/jazz_1.mid"], "test": ["pop/pop_1.mid"]}
     ))
-    dataset_dir = tasks.prepare_task(data_config("folder_sequence", root, tmp_path / "tfds"))  # split 'auto' -> 'file'
+    dataset_dir = prepare.prepare(data_config("folder_sequence", root, tmp_path / "tfds"))  # split 'auto' -> 'file'
     assert tasks.load_task_info(dataset_dir)["split"] == "file"
     assert piece_splits(dataset_dir) == {"jazz/jazz_0.mid": "train", "pop/pop_0.mid": "train", "rock/rock_0.mid": "train",
                                          "jazz/jazz_1.mid": "validation", "pop/pop_1.mid": "test"}
@@ -323,9 +328,9 @@ def test_note_folder_maps_tracks_to_classes(tmp_path):
     write_song(root / "a.mid", tracks=("MELODY", "PIANO"), seed=1)
     write_song(root / "b" / "b.mid", tracks=("MELODY", "PIANO", "Drums"), seed=2)
     write_song(root / "c.mid", tracks=("MELODY", "PIANO"), seed=3)
-    with pytest.raises(tasks.UnmappedTrackError, match=r"b/b\.mid: \['Drums'\]"):
-        tasks.prepare_task(data_config("folder_note", root, tmp_path / "tfds", track_map="melody=lead,piano=accomp"))
-    dataset_dir = tasks.prepare_task(data_config(
+    with pytest.raises(errors.UnmappedTrackError, match=r"b/b\.mid: \['Drums'\]"):
+        prepare.prepare(data_config("folder_note", root, tmp_path / "tfds", track_map="melody=lead,piano=accomp"))
+    dataset_dir = prepare.prepare(data_config(
         "folder_note", root, tmp_path / "tfds", track_map="melody=lead,piano=accomp", unmapped_tracks="ignore",
         split="seeded", valid_fraction=0.34, test_fraction=0.0,
     ))
@@ -340,30 +345,30 @@ def test_note_folder_maps_tracks_to_classes(tmp_path):
 
 
 def test_bad_inputs_are_typed_errors_that_name_the_problem(tmp_path):
-    with pytest.raises(tasks.DatasetNotFoundError, match=r"zenodo.org/records/5089279(.|\n)*Bethel_<title>\.mid"):
-        tasks.prepare_task(data_config("composer", tmp_path / "nope", tmp_path / "tfds"))
-    with pytest.raises(tasks.DatasetNotFoundError, match="POP909"):
-        tasks.prepare_task(data_config("melody", "", tmp_path / "tfds"))
+    with pytest.raises(errors.DatasetNotFoundError, match=r"zenodo.org/records/5089279(.|\n)*Bethel_<title>\.mid"):
+        prepare.prepare(data_config("composer", tmp_path / "nope", tmp_path / "tfds"))
+    with pytest.raises(errors.DatasetNotFoundError, match="POP909"):
+        prepare.prepare(data_config("melody", "", tmp_path / "tfds"))
     one = tmp_path / "one"
     make_label_folder(one, labels=("jazz",), per_label=2)
-    with pytest.raises(tasks.SingleClassError, match=r"1 label folder\(s\) \['jazz'\]"):
-        tasks.prepare_task(data_config("folder_sequence", one, tmp_path / "tfds"))
+    with pytest.raises(errors.SingleClassError, match=r"1 label folder\(s\) \['jazz'\]"):
+        prepare.prepare(data_config("folder_sequence", one, tmp_path / "tfds"))
     wrong = tmp_path / "wrong"
     make_label_folder(wrong, labels=("a", "b"), per_label=1)
-    with pytest.raises(tasks.DatasetLayoutError, match=r"no usable MIDI files(.|\n)*Clayderman_<title>"):
-        tasks.prepare_task(data_config("composer", wrong, tmp_path / "tfds"))
+    with pytest.raises(errors.DatasetLayoutError, match=r"no usable MIDI files(.|\n)*Clayderman_<title>"):
+        prepare.prepare(data_config("composer", wrong, tmp_path / "tfds"))
     unlisted = tmp_path / "unlisted"
     midi_factory.write_piece(unlisted / "Bethel" / "Bethel_Unknown.mid")
-    with pytest.raises(tasks.DatasetLayoutError, match="none of the 411 files"):
-        tasks.prepare_task(data_config("composer", unlisted, tmp_path / "tfds"))
+    with pytest.raises(errors.DatasetLayoutError, match="none of the 411 files"):
+        prepare.prepare(data_config("composer", unlisted, tmp_path / "tfds"))
     (wrong / "split.json").write_text(json.dumps({"train": ["a/a_0.mid"], "test": ["a/a_0.mid"]}))
-    with pytest.raises(tasks.SplitFileError, match="both"):
-        tasks.prepare_task(data_config("folder_sequence", wrong, tmp_path / "tfds"))
+    with pytest.raises(errors.SplitFileError, match="both"):
+        prepare.prepare(data_config("folder_sequence", wrong, tmp_path / "tfds"))
     (wrong / "split.json").write_text(json.dumps({"train": ["a/a_0.mid", "b/gone.mid"], "test": ["b/b_0.mid"]}))
-    with pytest.raises(tasks.SplitFileError, match="gone.mid"):
-        tasks.prepare_task(data_config("folder_sequence", wrong, tmp_path / "tfds"))
-    with pytest.raises(tasks.TaskConfigError, match="no official split"):
-        tasks.prepare_task(data_config("folder_sequence", wrong, tmp_path / "tfds", split="official"))
+    with pytest.raises(errors.SplitFileError, match="gone.mid"):
+        prepare.prepare(data_config("folder_sequence", wrong, tmp_path / "tfds"))
+    with pytest.raises(errors.TaskConfigError, match="no official split"):
+        prepare.prepare(data_config("folder_sequence", wrong, tmp_path / "tfds", split="official"))
 
 
 # -- demo tasks and batches -------------------------------------------------------------------------
@@ -371,7 +376,7 @@ def test_bad_inputs_are_typed_errors_that_name_the_problem(tmp_path):
 
 def test_demo_tasks_build_from_the_music21_corpus(tmp_path):
     cache = tmp_path / "cache"
-    dataset_dir = tasks.prepare_task(data_config(
+    dataset_dir = prepare.prepare(data_config(
         "demo_collection", data_dir=tmp_path / "tfds", **{"demo.max_pieces": 8, "demo.cache_dir": os.fspath(cache)}
     ))
     check_common(dataset_dir, tasks.SEQUENCE)
@@ -382,7 +387,7 @@ def test_demo_tasks_build_from_the_music21_corpus(tmp_path):
             seen[ids[int(e["piece_id"])]] = int(e["label"])
     assert len(seen) == 8 and all(tasks.DEMO_COLLECTION_CLASSES[v] == k.split("/")[0] for k, v in seen.items())
 
-    dataset_dir = tasks.prepare_task(data_config(
+    dataset_dir = prepare.prepare(data_config(
         "demo_melody", data_dir=tmp_path / "tfds",
         **{"demo.max_pieces": 3, "demo.collections": "corelli,schoenberg,webern", "demo.cache_dir": os.fspath(cache)},
     ))
@@ -406,7 +411,7 @@ def _cached_midi(cache: pathlib.Path, key: str) -> pathlib.Path:
 
 
 def test_pipeline_batches_carry_labels(pop909_root, tmp_path):
-    note_dir = tasks.prepare_task(data_config("melody", pop909_root, tmp_path))
+    note_dir = prepare.prepare(data_config("melody", pop909_root, tmp_path))
     source = pipeline.load_split(note_dir, "train")
     batch = next(pipeline.train_iterator(source, global_batch_size=4, seed=0, process_index=0, process_count=1))
     assert batch["labels"].shape == (4, MAX_LEN) and batch["labels"].dtype == np.int32
@@ -418,7 +423,7 @@ def test_pipeline_batches_carry_labels(pop909_root, tmp_path):
 
     root = tmp_path / "seq"
     make_label_folder(root, labels=("a", "b"), per_label=4)
-    seq_dir = tasks.prepare_task(data_config("folder_sequence", root, tmp_path / "tfds2"))
+    seq_dir = prepare.prepare(data_config("folder_sequence", root, tmp_path / "tfds2"))
     source = pipeline.load_split(seq_dir, "train")
     batches = list(pipeline.eval_iterator(source, global_batch_size=4, process_index=1, process_count=2))
     for b in batches:

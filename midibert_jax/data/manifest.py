@@ -174,3 +174,8 @@ def skipped_lines(records: Sequence[FileRecord], limit: int = 20) -> list[str]:
     if len(out) > limit:
         out = out[:limit] + [f"... and {len(out) - limit} more (see {MANIFEST_FILENAME})"]
     return out
+
+
+def split_notes(dataset_dir: epath.PathLike, split: str) -> int:
+    """Non-pad notes in `split` of a built dataset, from its manifest."""
+    return int(Manifest.load(dataset_dir).summary()["splits"][split]["notes"])

@@ -16,13 +16,15 @@ restart, agrees on it:
 The iterator is a grain ``DatasetIterator`` whose state (``get_state()`` /
 ``set_state()``, ``{"next_index": step}``) is the next global step; save it with the model
 (e.g. orbax + ``grain.checkpoint.CheckpointHandler``). Since the state is just the step,
-``train_iterator(..., start_step=step)`` resumes equally well, on any process count. With
-``num_workers`` > 0 (grain's multiprocess prefetch) the state is grain's per-worker state
-instead and must be restored with the same ``num_workers``; ``start_step`` still works. Batches are dicts of numpy arrays with
-fixed shapes: ``tokens`` int32 [B, L, 8], ``index`` int64 [B] (the example's stable index in
-its split, for the mask book), ``piece_id`` int32 [B], ``window`` int32 [B], ``valid`` bool
-[B] (False only for the padding of the last evaluation batch). Other example keys (the
-fine-tuning ``labels`` int32 [B, L] / ``label`` int32 [B]) are stacked too; padding gets -1.
+``train_iterator(..., start_step=step)`` resumes equally well, on any process count. A
+trainer that needs the plan itself (steps per epoch) builds it once with `train_plan` and
+iterates it with `plan_iterator`.
+
+Batches are dicts of numpy arrays with fixed shapes: ``tokens`` int32 [B, L, 8], ``index``
+int64 [B] (the example's stable index in its split, for the mask book), ``piece_id`` int32
+[B], ``window`` int32 [B], ``valid`` bool [B] (False only for the padding of the last
+evaluation batch). Other example keys (the fine-tuning ``labels`` int32 [B, L] / ``label``
+int32 [B]) are stacked too; padding gets -1.
 
 Note: the permutation is over positions in the data source (TFDS shuffles examples when
 writing), which are fixed for a given set of built files; the stable ``index`` feature is
@@ -34,12 +36,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from collections.abc import Sequence
 from typing import Any, Protocol
 
 import grain
 import numpy as np
 
+from midibert_jax.data.errors import BatchPlanError
 from midibert_jax.tokenizer import vocab
 
 
@@ -71,16 +73,17 @@ class BatchPlan:
 
     def __post_init__(self):
         if self.global_batch_size < 1 or self.global_batch_size % self.process_count:
-            raise ValueError(
+            raise BatchPlanError(
                 f"global_batch_size {self.global_batch_size} must be a positive multiple of process_count {self.process_count}"
             )
         if not 0 <= self.process_index < self.process_count:
-            raise ValueError(f"process_index {self.process_index} not in [0, {self.process_count})")
+            raise BatchPlanError(f"process_index {self.process_index} not in [0, {self.process_count})")
         if self.num_examples < 1:
-            raise ValueError("the data source is empty")
+            raise BatchPlanError("the data source is empty")
         if self.drop_remainder and self.num_examples < self.global_batch_size:
-            raise ValueError(
-                f"{self.num_examples} examples are fewer than one global batch of {self.global_batch_size}"
+            raise BatchPlanError(
+                f"{self.num_examples} examples are fewer than one global batch of {self.global_batch_size} "
+                "(lower data.batch_size)"
             )
 
     @property
@@ -182,17 +185,25 @@ def batch_dataset(source: DataSource, plan: BatchPlan, num_steps: int | None = N
     return grain.MapDataset.range(0, num_steps).map(ReadBatch(source, plan))
 
 
-def _to_iterator(ds: grain.MapDataset, num_threads: int, prefetch: int, num_workers: int) -> grain.DatasetIterator:
-    iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
-    if num_workers:
-        from absl import flags  # pylint: disable=import-outside-toplevel
+def _to_iterator(ds: grain.MapDataset, num_threads: int, prefetch: int) -> grain.DatasetIterator:
+    return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)))
 
-        if not flags.FLAGS.is_parsed():
-            # grain's multiprocess prefetch reads its absl flags and fails when the program does
-            # not use absl.app (google/grain#1355); their defaults are what we want.
-            flags.FLAGS.mark_as_parsed()
-        iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-    return iter(iter_ds)
+
+def plan_iterator(
+    source: DataSource,
+    plan: BatchPlan,
+    *,
+    num_epochs: int | None = None,
+    start_step: int = 0,
+    num_threads: int = 4,
+    prefetch: int = 4,
+) -> grain.DatasetIterator:
+    """The batches of `plan` from step `start_step`, for `num_epochs` epochs (None: forever)."""
+    num_steps = None if num_epochs is None else num_epochs * plan.steps_per_epoch
+    it = _to_iterator(batch_dataset(source, plan, num_steps), num_threads, prefetch)
+    if start_step:
+        it.set_state({"next_index": int(start_step)})
+    return it
 
 
 def train_iterator(
@@ -206,21 +217,20 @@ def train_iterator(
     process_count: int | None = None,
     num_threads: int = 4,
     prefetch: int = 4,
-    num_workers: int = 0,
 ) -> grain.DatasetIterator:
     """Training batches, shuffled per epoch, for `num_epochs` epochs (None: forever).
 
     `process_index`/`process_count` default to jax.process_index()/process_count(). Start at
     `start_step`, or restore a saved iterator state with `set_state`. `num_threads` batches are
-    read in parallel threads; `num_workers` > 0 adds grain's multiprocess prefetch.
+    read in parallel threads.
     """
     process_index, process_count = _process(process_index, process_count)
-    plan = BatchPlan(len(source), global_batch_size, process_index, process_count, seed, shuffle=True)
-    num_steps = None if num_epochs is None else num_epochs * plan.steps_per_epoch
-    it = _to_iterator(batch_dataset(source, plan, num_steps), num_threads, prefetch, num_workers)
-    if start_step:
-        it.set_state({"next_index": int(start_step)})
-    return it
+    plan = train_plan(
+        source, global_batch_size=global_batch_size, seed=seed, process_index=process_index, process_count=process_count
+    )
+    return plan_iterator(
+        source, plan, num_epochs=num_epochs, start_step=start_step, num_threads=num_threads, prefetch=prefetch
+    )
 
 
 def eval_iterator(
@@ -237,23 +247,19 @@ def eval_iterator(
     plan = BatchPlan(
         len(source), global_batch_size, process_index, process_count, shuffle=False, drop_remainder=False
     )
-    return _to_iterator(batch_dataset(source, plan), num_threads, prefetch, 0)
+    return _to_iterator(batch_dataset(source, plan), num_threads, prefetch)
 
 
 def train_plan(
     source: DataSource, *, global_batch_size: int, seed: int, process_index: int = 0, process_count: int = 1
 ) -> BatchPlan:
-    """The plan `train_iterator` follows (for steps_per_epoch / epoch(step) in the trainer)."""
+    """The plan `train_iterator` follows; build it once and iterate it with `plan_iterator`."""
     return BatchPlan(len(source), global_batch_size, process_index, process_count, seed, shuffle=True)
 
 
 def load_split(dataset_dir: str | os.PathLike, split: str) -> DataSource:
     """The data source of `split` of a built dataset folder (``<data_dir>/<name>/<config>/<version>``)."""
-    from midibert_jax.data import builders  # pylint: disable=import-outside-toplevel
+    from midibert_jax.data.builders import common  # pylint: disable=import-outside-toplevel
 
-    return builders.load_data_source(dataset_dir, split)
+    return common.load_data_source(dataset_dir, split)
 
-
-def stack_process_batches(batches: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Concatenates per-process batches (in process order) into the global batch (tests, debugging)."""
-    return {k: np.concatenate([b[k] for b in batches], axis=0) for k in batches[0]}

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 
+from midibert_jax.errors import UserError
 
-class TokenizerError(Exception):
+
+class TokenizerError(UserError):
     """Base class. `path` is the offending file (or None for in-memory input)."""
 
     kind = "invalid"

@@ -248,10 +248,10 @@ class Data:
 
 
 def load_data(config: ml_collections.ConfigDict, splits: Sequence[str] = ("train", "validation", "test")) -> Data:
-    """Builds the task's dataset on first use (midibert_jax.data.tasks) and opens its splits."""
-    from midibert_jax.data import tasks  # pylint: disable=import-outside-toplevel
+    """Builds the task's dataset on first use (midibert_jax.data.prepare) and opens its splits."""
+    from midibert_jax.data import prepare  # pylint: disable=import-outside-toplevel
 
-    dataset_dir = tasks.prepare_task(config.data)
+    dataset_dir = prepare.prepare(config.data)
     sources = {}
     for split in splits:
         try:
@@ -679,9 +679,9 @@ def evaluate_workdir(
     task = task_info(config)
     split = split or "test"
     if source is None:
-        from midibert_jax.data import tasks  # pylint: disable=import-outside-toplevel
+        from midibert_jax.data import prepare  # pylint: disable=import-outside-toplevel
 
-        dataset_dir = tasks.prepare_task(config.data)
+        dataset_dir = prepare.prepare(config.data)
         try:
             source = pipeline.load_split(dataset_dir, split)
         except KeyError as e:

@@ -128,12 +128,12 @@ class Data:
 
 def load_data(data_config: ml_collections.ConfigDict) -> Data:
     """Builds the dataset on first use (every process builds or waits for the same files) and opens it."""
-    from midibert_jax.data import datasets  # pylint: disable=import-outside-toplevel
+    from midibert_jax.data import manifest, prepare  # pylint: disable=import-outside-toplevel
 
-    dataset_dir = datasets.prepare(data_config)
+    dataset_dir = prepare.prepare(data_config)
     train = pipeline.load_split(dataset_dir, "train")
     valid = pipeline.load_split(dataset_dir, "validation")
-    notes = datasets.split_notes(dataset_dir, "train")
+    notes = manifest.split_notes(dataset_dir, "train")
     return Data(train, valid, os.fspath(dataset_dir), notes)
 
 

@@ -1,4 +1,6 @@
-"""TFDS builders of the fine-tuning datasets (see `tasks` for the task contract).
+"""The fine-tuning datasets' common machinery: `TaskConfig`, the labelled spill, `TaskBuilder`.
+
+The concrete builders are in `task_kinds` (see `tasks` for the task contract).
 
 Each builder lists its inputs with their labels, assigns the splits ('official', 'file' or
 'seeded'), tokenizes in a `workers.WorkerPool` (per-file timeout, crashed workers replaced),
@@ -6,10 +8,6 @@ and writes ArrayRecord shards with `manifest.jsonl` / `build_summary.json` (as t
 builders do: every input file has a record, skipped files say why) and ``task_info.json``
 (task, level, class names, class counts per split). The class names are also in the
 DatasetInfo metadata (``metadata["task"]``).
-
-    standard (manual_dir = your download)   pop909_melody, pop909_velocity, pianist8_composer, emopia_emotion
-    your data (folder / manual_dir)         sequence_folder, note_folder
-    demo (music21 corpus, no download)      demo_melody, demo_collection
 
 Only local builds (no Beam): these datasets hold at most a few thousand files.
 """
@@ -22,7 +20,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -30,15 +27,22 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tqdm.auto import tqdm
 
-from midibert_jax.data import builders, tasks, workers
-from midibert_jax.data.builders import InputFile
-from midibert_jax.tokenizer import vocab
+from midibert_jax.data import tasks, workers
+from midibert_jax.data.builders import common
+from midibert_jax.data.builders.common import InputFile
+from midibert_jax.data.builders.corpus import MidiFolder
+from midibert_jax.data.errors import (
+    DatasetLayoutError, DatasetNotFoundError, SplitFileError, TaskConfigError, TaskDataError, UnmappedTrackError,
+)
 
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
 SPLITS = (TRAIN, VALIDATION, TEST)
 # Keys of split files (split.json and the official lists) -> split names.
 SPLIT_FILE_KEYS = {"train": TRAIN, "valid": VALIDATION, "validation": VALIDATION, "test": TEST}
-OFFICIAL_SPLITS_PATH = os.path.join(os.path.dirname(os.path.dirname(__file__)), "resources", "midibert_splits.json")
+# MidiBERT-Piano's official file lists (midibert_jax/resources/).
+OFFICIAL_SPLITS_PATH = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "resources", "midibert_splits.json"
+)
 
 
 # ----------------------------------------------------------------------------------------
@@ -46,7 +50,7 @@ OFFICIAL_SPLITS_PATH = os.path.join(os.path.dirname(os.path.dirname(__file__)), 
 
 
 @dataclasses.dataclass(eq=False)
-class TaskConfig(builders.MidiConfig):
+class TaskConfig(common.MidiConfig):
     """A fine-tuning dataset's identity (every field decides the config name)."""
 
     # 'official' (MidiBERT-Piano's lists), 'file' (<root>/split.json) or 'seeded'.
@@ -65,21 +69,21 @@ class TaskConfig(builders.MidiConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.packing != "piece":
-            raise tasks.TaskConfigError(f"config {self.name}: fine-tuning datasets use packing='piece'")
+            raise TaskConfigError(f"config {self.name}: fine-tuning datasets use packing='piece'")
         if self.split not in ("official", "file", "seeded"):
-            raise tasks.TaskConfigError(f"config {self.name}: split must be 'official', 'file' or 'seeded', got {self.split!r}")
+            raise TaskConfigError(f"config {self.name}: split must be 'official', 'file' or 'seeded', got {self.split!r}")
         if not 0.0 <= self.test_fraction < 1.0 or self.valid_fraction + self.test_fraction >= 1.0:
-            raise tasks.TaskConfigError(
+            raise TaskConfigError(
                 f"config {self.name}: need 0 <= test_fraction and valid_fraction + test_fraction < 1, got "
                 f"{self.valid_fraction} + {self.test_fraction}"
             )
         if self.unmapped_tracks not in tasks.UNMAPPED_TRACKS:
-            raise tasks.TaskConfigError(f"config {self.name}: unmapped_tracks must be one of {tasks.UNMAPPED_TRACKS}")
+            raise TaskConfigError(f"config {self.name}: unmapped_tracks must be one of {tasks.UNMAPPED_TRACKS}")
 
 
 @dataclasses.dataclass(eq=False)
 class DemoTaskConfig(TaskConfig):
-    """A demo task: which music21 works (the same fields as `builders.DemoConfig`)."""
+    """A demo task: which music21 works (the same fields as `corpus.DemoConfig`)."""
 
     split: str = "seeded"
     # Works to take (balanced across collections, seeded by `seed`); None -> all of `collections`.
@@ -90,18 +94,13 @@ class DemoTaskConfig(TaskConfig):
     writer: str = "fast"
 
 
-def _identity(config: TaskConfig) -> dict[str, Any]:
-    skip = {"name", "version", "release_notes", "supported_versions", "description", "tags"}
-    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in skip}
-
-
 def config_name(config: TaskConfig, prefix: str = "") -> str:
     """Readable part + a hash of every identity field, e.g. 'official-len1024-1a2b3c4d'."""
     if config.split == "seeded":
         split = f"seeded-v{round(config.valid_fraction * 100):d}-t{round(config.test_fraction * 100):d}-s{config.seed}"
     else:
         split = config.split
-    digest = hashlib.sha256(json.dumps(_identity(config), sort_keys=True, default=str).encode()).hexdigest()[:8]
+    digest = hashlib.sha256(json.dumps(common.identity_fields(config), sort_keys=True, default=str).encode()).hexdigest()[:8]
     prefix = re.sub(r"[^A-Za-z0-9_]+", "_", prefix).strip("_")
     return "-".join(p for p in (prefix, split, f"len{config.max_len}", digest) if p)
 
@@ -132,7 +131,7 @@ def task_config(
     task = tasks.get_task(task_name)
     split = split or task.default_split
     if split == "auto":
-        raise tasks.TaskConfigError("resolve split='auto' first (tasks.resolve_split)")
+        raise TaskConfigError("resolve split='auto' first (prepare.resolve_split)")
     common = dict(
         name="tmp", max_len=max_len, split=split, valid_fraction=valid_fraction, test_fraction=test_fraction, seed=seed,
         track_map=task.default_track_map if track_map is None else track_map, class_names=tuple(class_names),
@@ -154,8 +153,8 @@ def task_config(
 # Spill: windows and labels written while tokenizing, read back by the TFDS generator.
 
 
-class _LabelledSpill(builders._Spill):  # pylint: disable=protected-access
-    """`builders._Spill` plus per-window labels ([max_len] rows for note tasks, one int for sequence tasks)."""
+class LabelledSpill(common.Spill):
+    """`common.Spill` plus per-window labels ([max_len] rows for note tasks, one int for sequence tasks)."""
 
     def __init__(self, directory: str, max_len: int, level: str):
         super().__init__(directory, max_len)
@@ -167,9 +166,8 @@ class _LabelledSpill(builders._Spill):  # pylint: disable=protected-access
         self.add(split, windows_, [piece_id] * n, range(n))
         if self.level == tasks.NOTE:
             key = f"{split}:labels"
-            if key not in self._files:
-                self._files[key] = open(os.path.join(self.directory, f"{split}.labels.bin"), "wb")  # pylint: disable=consider-using-with
-            self._files[key].write(np.ascontiguousarray(labels, np.int32).tobytes())
+            self.open_file(key, f"{split}.labels.bin")
+            self.write(key, labels)
         else:
             self.sequence_labels.setdefault(split, []).extend([int(labels)] * n)
 
@@ -177,13 +175,12 @@ class _LabelledSpill(builders._Spill):  # pylint: disable=protected-access
         n = self.count(split)
         if not n:
             return
-        shape = (n, self.max_len, vocab.NUM_FIELDS)
-        tokens = np.memmap(os.path.join(self.directory, f"{split}.bin"), np.int32, "r", shape=shape)
+        tokens = self.tokens(split)
         if self.level == tasks.NOTE:
             labels = np.memmap(os.path.join(self.directory, f"{split}.labels.bin"), np.int32, "r", shape=(n, self.max_len))
         meta = self.meta[split]
         for i in range(n):
-            example = builders.make_example(np.asarray(tokens[i]), i, meta["piece_id"][i], meta["window"][i])
+            example = common.make_example(np.asarray(tokens[i]), i, meta["piece_id"][i], meta["window"][i])
             if self.level == tasks.NOTE:
                 example["labels"] = np.asarray(labels[i], np.int32)
             else:
@@ -195,7 +192,7 @@ class _LabelledSpill(builders._Spill):  # pylint: disable=protected-access
 # The shared builder.
 
 
-class _TaskBuilder(builders.MidiFolder, skip_registration=True):
+class TaskBuilder(MidiFolder, skip_registration=True):
     """Common machinery: listing -> labels -> splits -> tokenization -> labelled shards."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -229,17 +226,12 @@ class _TaskBuilder(builders.MidiFolder, skip_registration=True):
 
     def _info(self) -> tfds.core.DatasetInfo:
         max_len = self.builder_config.max_len
-        features = {
-            "tokens": tfds.features.Tensor(shape=(max_len, vocab.NUM_FIELDS), dtype=np.int32),
-            "index": tfds.features.Scalar(dtype=np.int64),
-            "piece_id": tfds.features.Scalar(dtype=np.int32),
-            "window": tfds.features.Scalar(dtype=np.int32),
-        }
+        features = common.example_features(max_len)
         if self.task.level == tasks.NOTE:
             features["labels"] = tfds.features.Tensor(shape=(max_len,), dtype=np.int32)
         else:
             features["label"] = tfds.features.Scalar(dtype=np.int32)
-        return builders.LocalDatasetInfo(
+        return common.LocalDatasetInfo(
             builder=self,
             description=f"{self.task.description} Octuple windows (REFERENCE.md §1, §3).",
             features=tfds.features.FeaturesDict(features),
@@ -259,7 +251,7 @@ class _TaskBuilder(builders.MidiFolder, skip_registration=True):
             except (AssertionError, ValueError):
                 root = os.fspath(getattr(dl_manager, "_manual_dir", "") or "")
         if not root or not os.path.isdir(root) or not os.listdir(root):
-            raise tasks.DatasetNotFoundError(self._not_found(root))
+            raise DatasetNotFoundError(self._not_found(root))
         return root
 
     def _not_found(self, root: str) -> str:
@@ -289,17 +281,17 @@ class _TaskBuilder(builders.MidiFolder, skip_registration=True):
 
     def _split_generators(self, dl_manager):
         if self._use_beam:
-            raise tasks.TaskConfigError(f"{self.name}: fine-tuning datasets are built locally; Beam is not supported")
+            raise TaskConfigError(f"{self.name}: fine-tuning datasets are built locally; Beam is not supported")
         root = self._root(dl_manager) if self._needs_root() else None
         self._root_used = root
         self._source = root or self._source_description()
         self._class_names = tuple(self._resolve_class_names())
         inputs = self._list_task_inputs(root)
         if not any(i.status == "pending" for i in inputs):
-            raise tasks.DatasetLayoutError(f"{self.name}: no usable MIDI files in {root}. Expected layout:\n{self.LAYOUT}")
+            raise DatasetLayoutError(f"{self.name}: no usable MIDI files in {root}. Expected layout:\n{self.LAYOUT}")
         if self.config.split in ("official", "file"):
             assignment = self._listed_splits(inputs, root)
-        builders.hash_and_split(inputs, 0.0, self.config.seed, threads=self.options.hash_threads, progress=self.options.progress)
+        common.hash_and_split(inputs, 0.0, self.config.seed, threads=self.options.hash_threads, progress=self.options.progress)
         if self.config.split == "seeded":
             self._seeded_splits(inputs)
         else:
@@ -310,14 +302,14 @@ class _TaskBuilder(builders.MidiFolder, skip_registration=True):
         self._records = [i.record() for i in inputs if i.status != "pending"]
         self._tokenize([i for i in inputs if i.status == "pending"])
         if not self._spill.count(TRAIN):
-            raise tasks.TaskDataError(f"{self.name}: no usable piece in the train split (see the skipped files above)")
+            raise TaskDataError(f"{self.name}: no usable piece in the train split (see the skipped files above)")
         return {split: self._spill.examples(split) for split in SPLITS if self._spill.count(split)}
 
     def _listed_splits(self, inputs: list[InputFile], root: str | None) -> dict[int, str]:
         """Official lists or split.json: split per piece_id; unlisted files become 'ignored'."""
         if self.config.split == "official":
             if not self.OFFICIAL:
-                raise tasks.TaskConfigError(f"{self.name} has no official split; use 'file' or 'seeded'")
+                raise TaskConfigError(f"{self.name} has no official split; use 'file' or 'seeded'")
             with open(OFFICIAL_SPLITS_PATH, encoding="utf-8") as f:
                 lists = json.load(f)[self.OFFICIAL]
             source, strict = "MidiBERT-Piano's official split lists", False
@@ -327,9 +319,9 @@ class _TaskBuilder(builders.MidiFolder, skip_registration=True):
                 with open(path, encoding="utf-8") as f:
                     lists = json.load(f)
             except FileNotFoundError:
-                raise tasks.SplitFileError(f"split='file' but there is no {path}") from None
+                raise SplitFileError(f"split='file' but there is no {path}") from None
             except json.JSONDecodeError as e:
-                raise tasks.SplitFileError(f"{path} is not valid JSON: {e}") from None
+                raise SplitFileError(f"{path} is not valid JSON: {e}") from None
             source, strict = path, True
         key_split = _parse_split_lists(lists, source)
         found: dict[int, str] = {}
@@ -345,12 +337,12 @@ class _TaskBuilder(builders.MidiFolder, skip_registration=True):
                 inp.status, inp.reason, inp.error_kind = "ignored", f"not in {source}", "not_in_split"
         missing = sorted(set(key_split) - seen)
         if not seen:
-            raise tasks.DatasetLayoutError(
+            raise DatasetLayoutError(
                 f"{self.name}: none of the {len(key_split)} files of {source} is in {root} "
                 f"(e.g. {sorted(key_split)[:3]}). Expected layout:\n{self.LAYOUT}"
             )
         if missing and strict:
-            raise tasks.SplitFileError(f"{source} lists {len(missing)} files that do not exist, e.g. {missing[:5]}")
+            raise SplitFileError(f"{source} lists {len(missing)} files that do not exist, e.g. {missing[:5]}")
         self._split_notes = {"split_source": source, "listed": len(key_split), "listed_missing": len(missing),
                              "listed_missing_examples": missing[:10]}
         if missing and self.options.print_summary:
@@ -399,9 +391,8 @@ class _TaskBuilder(builders.MidiFolder, skip_registration=True):
 
     def _tokenize(self, pending: list[InputFile]) -> None:
         cfg, opts = self.config, self.options
-        root = os.fspath(self.data_dir_root)
-        self._spill_dir = tempfile.mkdtemp(prefix=".midibert_spill-", dir=root if os.path.isdir(root) else None)
-        self._spill = _LabelledSpill(self._spill_dir, cfg.max_len, self.task.level)
+        self._spill_dir = common.make_spill_dir(self.data_path)
+        self._spill = LabelledSpill(self._spill_dir, cfg.max_len, self.task.level)
         num_classes = len(self._class_names)
         counts = {s: {"pieces": np.zeros(num_classes, np.int64), "windows": np.zeros(num_classes, np.int64),
                       "notes": np.zeros(num_classes, np.int64)} for s in SPLITS}
@@ -414,7 +405,7 @@ class _TaskBuilder(builders.MidiFolder, skip_registration=True):
                 total=len(pending), desc=f"Tokenizing {self.name}", unit=" files", disable=not opts.progress, dynamic_ncols=True
             ) as bar:
                 for inp, outcome in zip(pending, pool.imap(i.path for i in pending)):
-                    record, result = builders.record_from_outcome(inp, outcome, "piece")
+                    record, result = common.record_from_outcome(inp, outcome, "piece")
                     self._records.append(record)
                     bar.update(1)
                     if result is None:
@@ -439,7 +430,7 @@ class _TaskBuilder(builders.MidiFolder, skip_registration=True):
         if unmapped:
             lines = [f"  {path}: {names}" for path, names in unmapped[:20]]
             more = f"\n  ... and {len(unmapped) - 20} more files" if len(unmapped) > 20 else ""
-            raise tasks.UnmappedTrackError(
+            raise UnmappedTrackError(
                 f"{self.name}: {len(unmapped)} file(s) have tracks that the track map {cfg.track_map!r} maps to no class:\n"
                 + "\n".join(lines) + more
                 + "\nAdd them to data.track_map (e.g. 'Vocal*=melody'), or set data.unmapped_tracks='ignore' to label their notes -1."
@@ -481,23 +472,23 @@ class _TaskBuilder(builders.MidiFolder, skip_registration=True):
 def _parse_split_lists(lists: Any, source: str) -> dict[str, str]:
     """{"train": [...], "valid": [...], "test": [...]} -> {normalized path: split}."""
     if not isinstance(lists, dict):
-        raise tasks.SplitFileError(f"{source}: expected an object with train/valid/test lists")
+        raise SplitFileError(f"{source}: expected an object with train/valid/test lists")
     out: dict[str, str] = {}
     for key, paths in lists.items():
         if key == "note":
             continue
         split = SPLIT_FILE_KEYS.get(key)
         if split is None:
-            raise tasks.SplitFileError(f"{source}: unknown key {key!r}; expected train, valid (or validation), test")
+            raise SplitFileError(f"{source}: unknown key {key!r}; expected train, valid (or validation), test")
         if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
-            raise tasks.SplitFileError(f"{source}: {key!r} must be a list of paths relative to the dataset root")
+            raise SplitFileError(f"{source}: {key!r} must be a list of paths relative to the dataset root")
         for p in paths:
             norm = _normalize(p)
             if out.get(norm, split) != split:
-                raise tasks.SplitFileError(f"{source}: {p!r} is in both {out[norm]!r} and {split!r}")
+                raise SplitFileError(f"{source}: {p!r} is in both {out[norm]!r} and {split!r}")
             out[norm] = split
     if not out:
-        raise tasks.SplitFileError(f"{source}: no files listed")
+        raise SplitFileError(f"{source}: no files listed")
     return out
 
 
@@ -506,296 +497,4 @@ def _normalize(rel: str) -> str:
     while rel.startswith("./"):
         rel = rel[2:]
     return rel
-
-
-def _subroot(root: str, *names: str) -> str:
-    """`root/name` for the first name that is a folder there (a release's inner folder), else root."""
-    for name in names:
-        candidate = os.path.join(root, name)
-        if os.path.isdir(candidate):
-            return candidate
-    return root
-
-
-def _ignore(inp: InputFile, reason: str, kind: str = "layout") -> None:
-    inp.status, inp.reason, inp.error_kind = "ignored", reason, kind
-
-
-# ----------------------------------------------------------------------------------------
-# Note tasks.
-
-
-class _NoteTaskBuilder(_TaskBuilder, skip_registration=True):
-    """Labels every note in the worker (`tasks.label_note_piece`)."""
-
-    # 'track' or 'velocity'.
-    LABEL_MODE = "track"
-    # Demo corpus: name tracks by part (first part -> melody).
-    RENAME_PARTS = False
-    MIN_TRACKS = 1
-
-    def _resolve_class_names(self) -> tuple[str, ...]:
-        if self.LABEL_MODE == "velocity":
-            return tasks.VELOCITY_CLASSES
-        track_map = tasks.parse_track_map(self.config.track_map, self.config.class_names or self.task.class_names)
-        return track_map.class_names
-
-    def _worker_task(self):
-        patterns = ()
-        if self.LABEL_MODE == "track":
-            patterns = tasks.parse_track_map(self.config.track_map, self._class_names).patterns
-        return functools.partial(
-            tasks.label_note_piece, max_len=self.config.max_len, mode=self.LABEL_MODE, patterns=patterns,
-            unmapped=self.config.unmapped_tracks, rename_parts=self.RENAME_PARTS, min_tracks=self.MIN_TRACKS,
-            blank_velocity=self.config.blank_velocity,
-        )
-
-
-_POP909_FILE = re.compile(r"^(?:(\d{3})/)?(\d{3})\.mid$", re.IGNORECASE)
-_POP909_LAYOUT = """\
-    <root>/                  the POP909 folder of https://github.com/music-x-lab/POP909-Dataset
-                             (or the repository root that contains it)
-      001/001.mid            one folder per song; tracks named MELODY, BRIDGE, PIANO
-      001/versions/...       (ignored: alternative versions)
-      ...
-      909/909.mid
-    Flat copies <root>/001.mid ... are accepted too."""
-
-
-class _Pop909(_NoteTaskBuilder, skip_registration=True):
-    OFFICIAL = "pop909"
-    DATASET_NAME = "POP909"
-    DOWNLOAD = "https://github.com/music-x-lab/POP909-Dataset"
-    LAYOUT = _POP909_LAYOUT
-    MANUAL_DOWNLOAD_INSTRUCTIONS = f"Clone or download {DOWNLOAD} and pass its POP909 folder as manual_dir:\n{LAYOUT}"
-
-    def _list_task_inputs(self, root: str | None) -> list[InputFile]:
-        root = _subroot(root, "POP909")
-        self._root_used = root
-        inputs = builders.list_folder(root, self.config.extensions)
-        for inp in inputs:
-            if inp.status != "pending":
-                continue
-            m = _POP909_FILE.match(inp.name)
-            if not m or (m.group(1) and m.group(1) != m.group(2)):
-                _ignore(inp, "not a POP909 song file (<id>/<id>.mid)")
-                continue
-            self._split_keys[inp.piece_id] = f"{m.group(2)}.mid"
-        return inputs
-
-
-class Pop909Melody(_Pop909):
-    """POP909 melody extraction: each note labelled by its track (MELODY 0, BRIDGE 1, PIANO 2)."""
-
-    TASK = "melody"
-    BUILDER_CONFIGS = [TaskConfig(name="official", track_map="MELODY,BRIDGE,PIANO", unmapped_tracks="ignore",
-                                  description="MidiBERT-Piano's official split, 1024-row windows.")]
-
-
-class Pop909Velocity(_Pop909):
-    """POP909 velocity prediction: 6 classes per note; the input's velocity field is PAD."""
-
-    TASK = "velocity"
-    LABEL_MODE = "velocity"
-    BUILDER_CONFIGS = [TaskConfig(name="official", description="MidiBERT-Piano's official split, 1024-row windows.")]
-
-
-class NoteFolder(_NoteTaskBuilder):
-    """Your data: MIDI files anywhere under the root; note classes from track names (config.track_map)."""
-
-    TASK = "folder_note"
-    DATASET_NAME = "note folder"
-    LAYOUT = """\
-    <root>/**/*.mid          tracks named as data.track_map says, e.g. track_map='Vocal*=melody,Piano=accompaniment'
-    <root>/split.json        optional: {"train": [...], "valid": [...], "test": [...]}, paths relative to <root>"""
-    MANUAL_DOWNLOAD_INSTRUCTIONS = f"Pass your folder of MIDI files as manual_dir:\n{LAYOUT}"
-    BUILDER_CONFIGS = [TaskConfig(name="default", split="seeded", track_map="MELODY,ACCOMPANIMENT")]
-
-    def _list_task_inputs(self, root: str | None) -> list[InputFile]:
-        inputs = builders.list_folder(root, self.config.extensions)
-        for inp in inputs:
-            self._split_keys[inp.piece_id] = inp.name
-        return inputs
-
-
-class DemoMelody(_NoteTaskBuilder):
-    """music21 multi-part scores: notes of the first part (melody) vs. the other parts (accompaniment)."""
-
-    TASK = "demo_melody"
-    RENAME_PARTS = True
-    MIN_TRACKS = 2
-    DATASET_NAME = "demo_melody"
-    MANUAL_DOWNLOAD_INSTRUCTIONS = None
-    BUILDER_CONFIGS = [DemoTaskConfig(name="default", collections=tasks.DEMO_MELODY_COLLECTIONS,
-                                      track_map=tasks.TASKS["demo_melody"].default_track_map)]
-
-    def _needs_root(self) -> bool:
-        return False
-
-    def _source_description(self) -> str:
-        return builders.Music21Demo._source_description(self)  # pylint: disable=protected-access
-
-    def _list_task_inputs(self, root: str | None) -> list[InputFile]:
-        # The demo corpus listing (selection, cached conversion) of the pre-training builder.
-        inputs = builders.demo_inputs(self.config, self.options)
-        for inp in inputs:
-            self._split_keys[inp.piece_id] = inp.name
-        return inputs
-
-
-# ----------------------------------------------------------------------------------------
-# Sequence tasks.
-
-
-class _SequenceTaskBuilder(_TaskBuilder, skip_registration=True):
-    """One label per piece, given to each of its windows."""
-
-    def _label_by_folder(self, inputs: list[InputFile], classes: Sequence[str], what: str, unknown_error: bool) -> None:
-        index = {c: i for i, c in enumerate(classes)}
-        for inp in inputs:
-            if inp.status != "pending":
-                continue
-            parts = inp.name.split("/")
-            if len(parts) < 2:
-                _ignore(inp, f"not inside a {what} folder (<root>/<{what}>/*.mid)")
-                continue
-            label = index.get(parts[0])
-            if label is None:
-                if unknown_error:
-                    raise tasks.UnknownClassError(
-                        f"{self.name}: folder {parts[0]!r} is not one of the class names {list(classes)}"
-                    )
-                _ignore(inp, f"{parts[0]!r} is not a {what} of this task ({', '.join(classes)})")
-                continue
-            self._labels[inp.piece_id] = label
-            self._split_keys[inp.piece_id] = inp.name
-
-
-_PIANIST8_LAYOUT = """\
-    <root>/                          the Pianist8 release (https://zenodo.org/records/5089279,
-                                     https://github.com/joann8512/Pianist8), or its midi/ folder
-      midi/Bethel/Bethel_<title>.mid
-      midi/Clayderman/Clayderman_<title>.mid
-      ... one folder per composer: Bethel, Clayderman, Einaudi, Hancock, Hillsong, Hisaishi, Ryuichi, Yiruma
-    Other folders (audio/, ...) are ignored."""
-
-
-class Pianist8Composer(_SequenceTaskBuilder):
-    """Pianist8 composer classification: 8 classes in MidiBERT-Piano's order."""
-
-    TASK = "composer"
-    OFFICIAL = "pianist8"
-    DATASET_NAME = "Pianist8"
-    DOWNLOAD = "https://zenodo.org/records/5089279"
-    LAYOUT = _PIANIST8_LAYOUT
-    MANUAL_DOWNLOAD_INSTRUCTIONS = f"Download and unzip Pianist8 from {DOWNLOAD}; pass the folder as manual_dir:\n{LAYOUT}"
-    BUILDER_CONFIGS = [TaskConfig(name="official", description="MidiBERT-Piano's official split, 1024-row windows.")]
-
-    def _list_task_inputs(self, root: str | None) -> list[InputFile]:
-        root = _subroot(root, "midi", "MIDI")
-        self._root_used = root
-        inputs = builders.list_folder(root, self.config.extensions)
-        self._label_by_folder(inputs, self._class_names, "composer", unknown_error=False)
-        return inputs
-
-
-_EMOPIA_FILE = re.compile(r"^(Q[1-4])_[^/]+$")
-_EMOPIA_LAYOUT = """\
-    <root>/                          the EMOPIA release (https://zenodo.org/records/5090631, EMOPIA_1.0),
-                                     or its midis/ folder
-      midis/Q1_<youtube id>_<clip>.mid     e.g. midis/Q1_0vLPYiPN7qY_1.mid; the prefix Q1..Q4 is the label
-      ...
-    Other files and folders (metadata, songs lists, ...) are ignored."""
-
-
-class EmopiaEmotion(_SequenceTaskBuilder):
-    """EMOPIA emotion classification: the Russell quadrant Q1..Q4 of the file name -> 0..3."""
-
-    TASK = "emotion"
-    OFFICIAL = "emopia"
-    DATASET_NAME = "EMOPIA"
-    DOWNLOAD = "https://zenodo.org/records/5090631"
-    LAYOUT = _EMOPIA_LAYOUT
-    MANUAL_DOWNLOAD_INSTRUCTIONS = f"Download and unzip EMOPIA from {DOWNLOAD}; pass the folder as manual_dir:\n{LAYOUT}"
-    BUILDER_CONFIGS = [TaskConfig(name="official", description="MidiBERT-Piano's official split, 1024-row windows.")]
-
-    def _list_task_inputs(self, root: str | None) -> list[InputFile]:
-        root = _subroot(root, "midis", "MIDIs", "midi")
-        self._root_used = root
-        inputs = builders.list_folder(root, self.config.extensions)
-        index = {c: i for i, c in enumerate(self._class_names)}
-        for inp in inputs:
-            if inp.status != "pending":
-                continue
-            m = _EMOPIA_FILE.match(inp.name)
-            if not m or m.group(1) not in index:
-                _ignore(inp, f"not an EMOPIA clip of classes {list(index)} (Q<k>_<id>_<n>.mid at the top of midis/)")
-                continue
-            self._labels[inp.piece_id] = index[m.group(1)]
-            self._split_keys[inp.piece_id] = inp.name
-        return inputs
-
-
-class SequenceFolder(_SequenceTaskBuilder):
-    """Your data: one folder per class, <root>/<label>/*.mid (any depth below the label folder)."""
-
-    TASK = "folder_sequence"
-    DATASET_NAME = "sequence folder"
-    LAYOUT = """\
-    <root>/<label>/*.mid     one folder per class (at least two); files deeper inside a label folder count too
-    <root>/split.json        optional: {"train": [...], "valid": [...], "test": [...]}, paths relative to <root>"""
-    MANUAL_DOWNLOAD_INSTRUCTIONS = f"Pass your folder as manual_dir:\n{LAYOUT}"
-    BUILDER_CONFIGS = [TaskConfig(name="default", split="seeded")]
-
-    def _resolve_class_names(self) -> tuple[str, ...]:
-        return ()  # from the folder, in _list_task_inputs
-
-    def _list_task_inputs(self, root: str | None) -> list[InputFile]:
-        folders = tasks.label_folders(root, self.config.extensions)
-        classes = tuple(self.config.class_names) or tuple(folders)
-        if len(classes) < 2:
-            raise tasks.SingleClassError(
-                f"{self.name}: {root} has {len(classes)} label folder(s) {list(classes)}; a classification task "
-                f"needs at least 2. Expected layout:\n{self.LAYOUT}"
-            )
-        self._class_names = classes
-        inputs = builders.list_folder(root, self.config.extensions)
-        self._label_by_folder(inputs, classes, "label", unknown_error=bool(self.config.class_names))
-        return inputs
-
-
-class DemoCollection(_SequenceTaskBuilder):
-    """music21 folk tunes: which collection (airdsAirs, essenFolksong, oneills1850, ryansMammoth) a tune is from."""
-
-    TASK = "demo_collection"
-    DATASET_NAME = "demo_collection"
-    MANUAL_DOWNLOAD_INSTRUCTIONS = None
-    BUILDER_CONFIGS = [DemoTaskConfig(name="default", max_pieces=400, collections=tasks.DEMO_COLLECTION_CLASSES)]
-
-    def _needs_root(self) -> bool:
-        return False
-
-    def _source_description(self) -> str:
-        return builders.Music21Demo._source_description(self)  # pylint: disable=protected-access
-
-    def _resolve_class_names(self) -> tuple[str, ...]:
-        classes = tuple(self.config.collections) or tasks.DEMO_COLLECTION_CLASSES
-        if len(classes) < 2:
-            raise tasks.SingleClassError(f"{self.name}: collections {list(classes)}: need at least 2 classes")
-        return classes
-
-    def _list_task_inputs(self, root: str | None) -> list[InputFile]:
-        inputs = builders.demo_inputs(self.config, self.options)
-        index = {c: i for i, c in enumerate(self._class_names)}
-        for inp in inputs:
-            self._labels[inp.piece_id] = index[inp.name.split("/", 1)[0]]
-            self._split_keys[inp.piece_id] = inp.name
-        return inputs
-
-
-# Task name -> builder class (tasks.Task.builder).
-BUILDERS: dict[str, type[_TaskBuilder]] = {
-    b.TASK: b
-    for b in (Pop909Melody, Pop909Velocity, Pianist8Composer, EmopiaEmotion, SequenceFolder, NoteFolder, DemoMelody, DemoCollection)
-}
 

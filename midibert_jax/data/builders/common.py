@@ -1,0 +1,338 @@
+"""What every dataset builder shares: identity configs, build options, inputs, splits, the spill.
+
+Each example: ``tokens`` int32 [max_len, 8]; ``index`` int64, contiguous 0..N-1 within the
+split in (piece_id, window) order, stable across rebuilds and identical for Beam and local
+builds; ``piece_id`` int32 (the file's position in the sorted input list; for reference
+packing the piece of the window's first row); ``window`` int32 (window number within the piece,
+or within the split's packed stream for reference packing).
+
+Splits ("train", "validation") are decided per unique file content before tokenizing: the
+sha256 of every input is computed, byte-identical files are marked duplicates of the first,
+and a seeded permutation of the unique contents puts round(valid_fraction * n) of them
+(at least one when valid_fraction > 0 and n >= 2) in "validation".
+
+Local builds spill windows to files inside the dataset's temporary build folder while
+tokenizing (`Spill`); TFDS then writes the shards from them. A build killed midway leaves
+only TFDS's ``incomplete.*`` folder behind (see `data.prepare`).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import functools
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+from tqdm.auto import tqdm
+
+from midibert_jax.data import manifest, windows, workers
+from midibert_jax.data.errors import BuildError, SplitNotFoundError
+from midibert_jax.tokenizer import vocab
+
+TRAIN, VALIDATION = "train", "validation"
+MIDI_EXTENSIONS = (".mid", ".midi", ".kar")
+FILE_FORMAT = "array_record"
+# BuilderConfig fields that are not part of a dataset's identity.
+NON_IDENTITY_FIELDS = frozenset({"name", "version", "release_notes", "supported_versions", "description", "tags"})
+
+
+# ----------------------------------------------------------------------------------------
+# Configs.
+
+
+@dataclasses.dataclass(eq=False)
+class MidiConfig(tfds.core.BuilderConfig):
+    """What defines a dataset (part of its identity: change any field -> change the name)."""
+
+    # Corpus root; empty -> the DownloadConfig's manual_dir.
+    folder: str = ""
+    # Rows per window.
+    max_len: int = 1024
+    # "piece" (windows inside one piece) or "reference" (PianoBART packing across pieces).
+    packing: str = "piece"
+    # Fraction of unique pieces in the validation split.
+    valid_fraction: float = 0.1
+    # Seed of the piece-level split.
+    seed: int = 0
+    # Reference packing only: add the reference's all-PAD window when the stream is a multiple of max_len.
+    extra_pad_window: bool = False
+    # File extensions treated as MIDI (case-insensitive).
+    extensions: tuple[str, ...] = MIDI_EXTENSIONS
+
+    def __post_init__(self):
+        if self.packing not in windows.PACKINGS:
+            raise BuildError(f"config {self.name}: packing must be one of {windows.PACKINGS}, got {self.packing!r}")
+        if self.max_len < 1:
+            raise BuildError(f"config {self.name}: max_len must be >= 1, got {self.max_len}")
+        if not 0.0 <= self.valid_fraction < 1.0:
+            raise BuildError(f"config {self.name}: valid_fraction must be in [0, 1), got {self.valid_fraction}")
+
+
+def config_name(prefix: str, max_len: int, packing: str, valid_fraction: float, seed: int) -> str:
+    """A TFDS config name that encodes a dataset's identity, e.g. "mycorpus-piece1024-v10-s0"."""
+    prefix = re.sub(r"[^A-Za-z0-9_]+", "_", prefix).strip("_") or "corpus"
+    return f"{prefix}-{packing}{max_len}-v{round(valid_fraction * 100):d}-s{seed}"
+
+
+def identity_fields(config: tfds.core.BuilderConfig) -> dict[str, Any]:
+    """The fields that define a dataset (everything but name, version and descriptions)."""
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in NON_IDENTITY_FIELDS}
+
+
+@dataclasses.dataclass
+class BuildOptions:
+    """How a build runs (not part of the dataset's identity)."""
+
+    # Tokenizer / converter processes; 0 -> the CPUs available.
+    num_workers: int = 0
+    # Seconds one file may take to tokenize before its worker is killed and the file skipped.
+    timeout: float = 60.0
+    # Seconds one music21 work may take to convert (demo corpus).
+    convert_timeout: float = 120.0
+    # Address-space limit per worker in MiB (None: no limit).
+    memory_limit_mb: int | None = 4096
+    # Show tqdm progress bars.
+    progress: bool = True
+    # Demo corpus: where converted MIDI files are cached (None: demo_corpus.default_cache_dir()).
+    cache_dir: str | None = None
+    # Threads used to hash input files.
+    hash_threads: int = 8
+    # Print the build summary when a build finishes.
+    print_summary: bool = True
+
+
+# ----------------------------------------------------------------------------------------
+# Inputs.
+
+
+@dataclasses.dataclass
+class InputFile:
+    """One input before tokenization; `status` "pending" means it will be tokenized."""
+
+    piece_id: int
+    name: str
+    path: str | None
+    status: str = "pending"
+    reason: str | None = None
+    error_kind: str | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
+    sha256: str | None = None
+    size: int | None = None
+    split: str | None = None
+    seconds: float = 0.0
+
+    def record(self, **kwargs) -> manifest.FileRecord:
+        fields = dict(
+            piece_id=self.piece_id, path=self.name, sha256=self.sha256, size=self.size, split=self.split,
+            status=self.status, reason=self.reason, error_kind=self.error_kind, notes=list(self.notes),
+            seconds=self.seconds,
+        )
+        fields.update(kwargs)
+        return manifest.FileRecord(**fields)
+
+
+def list_folder(root: str, extensions: Sequence[str] = MIDI_EXTENSIONS) -> list[InputFile]:
+    """Every file under `root`, sorted by relative path; non-MIDI extensions are "ignored"."""
+    root_path = epath.Path(root)
+    if not root_path.is_dir():
+        raise BuildError(f"MIDI folder {root} does not exist or is not a folder")
+    exts = tuple(e.lower() for e in extensions)
+    rels = []
+    for dirpath, dirnames, filenames in os.walk(os.fspath(root_path)):
+        dirnames.sort()
+        for name in filenames:
+            rels.append(os.path.relpath(os.path.join(dirpath, name), os.fspath(root_path)).replace(os.sep, "/"))
+    out = []
+    for piece_id, rel in enumerate(sorted(rels)):
+        inp = InputFile(piece_id=piece_id, name=rel, path=os.path.join(os.fspath(root_path), rel))
+        if not rel.lower().endswith(exts):
+            inp.status, inp.reason, inp.error_kind = "ignored", f"extension not in {list(exts)}", "extension"
+        out.append(inp)
+    return out
+
+
+def _hash_file(path: str) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        for block in iter(functools.partial(f.read, 1 << 20), b""):
+            digest.update(block)
+            size += len(block)
+    return digest.hexdigest(), size
+
+
+def hash_and_split(
+    inputs: list[InputFile], valid_fraction: float, seed: int, *, threads: int = 8, progress: bool = True
+) -> list[InputFile]:
+    """Fills sha256/size, marks duplicates and unreadable files, assigns splits (in place)."""
+    todo = [i for i in inputs if i.status == "pending"]
+    with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
+        futures = {pool.submit(_hash_file, i.path): i for i in todo}
+        for fut in tqdm(
+            concurrent.futures.as_completed(futures), total=len(futures), desc="Hashing inputs", unit=" files",
+            disable=not progress or len(futures) < 1000, dynamic_ncols=True,
+        ):
+            inp = futures[fut]
+            try:
+                inp.sha256, inp.size = fut.result()
+            except OSError as e:
+                inp.status, inp.reason, inp.error_kind = "skipped", f"cannot read file: {e.strerror or e}", "unreadable"
+    first_of: dict[str, InputFile] = {}
+    unique: list[str] = []
+    for inp in inputs:
+        if inp.status != "pending":
+            continue
+        original = first_of.get(inp.sha256)
+        if original is not None:
+            inp.status, inp.reason, inp.error_kind = "duplicate", f"identical to {original.name}", "duplicate"
+            continue
+        first_of[inp.sha256] = inp
+        unique.append(inp.sha256)
+    n = len(unique)
+    num_valid = round(valid_fraction * n)
+    if valid_fraction > 0 and n >= 2:
+        num_valid = min(max(1, num_valid), n - 1)
+    perm = np.random.default_rng(seed).permutation(n)
+    valid_hashes = {unique[i] for i in perm[:num_valid]}
+    for inp in inputs:
+        if inp.sha256 is not None and inp.status in ("pending", "duplicate"):
+            inp.split = VALIDATION if inp.sha256 in valid_hashes else TRAIN
+    return inputs
+
+
+def record_from_outcome(inp: InputFile, outcome: workers.Outcome, packing: str) -> tuple[manifest.FileRecord, workers.PieceResult | None]:
+    """The manifest record of a tokenized file, and its result when usable."""
+    if not outcome.ok:
+        first_line = outcome.message.splitlines()[0] if outcome.message else outcome.error
+        kind = "internal_error" if outcome.error == workers.EXCEPTION else outcome.error
+        notes = [] if outcome.error != workers.EXCEPTION else [outcome.message[-1000:]]
+        return inp.record(status="skipped", reason=first_line, error_kind=kind, notes=notes, seconds=outcome.seconds), None
+    result: workers.PieceResult = outcome.value
+    if not result.ok:
+        return inp.record(status="skipped", reason=result.reason, error_kind=result.error_kind, seconds=outcome.seconds), None
+    n_windows = len(result.windows) if packing == "piece" else 0
+    n_rows = len(result.stream) if packing == "reference" else 0
+    record = inp.record(
+        status="ok", notes=inp.notes + result.notes, num_notes=result.num_notes, num_windows=n_windows,
+        num_stream_rows=n_rows, seconds=outcome.seconds,
+    )
+    return record, result
+
+
+# ----------------------------------------------------------------------------------------
+# Local spill: windows written in order while tokenizing, read back by the TFDS generator.
+
+
+def make_spill_dir(build_dir: epath.PathLike) -> str:
+    """A fresh spill folder inside the build's temporary folder (removed with it when a build dies)."""
+    build_dir = os.fspath(build_dir)
+    os.makedirs(build_dir, exist_ok=True)
+    return tempfile.mkdtemp(prefix=".spill-", dir=build_dir)
+
+
+class Spill:
+    """Windows (int32 [n, max_len, 8]) and their piece/window ids per split, in files under `directory`.
+
+    Subclasses add per-window fields (the task builders' labels) through `open_file`.
+    """
+
+    def __init__(self, directory: str, max_len: int):
+        self.directory = directory
+        self.max_len = max_len
+        self.meta: dict[str, dict[str, list[int]]] = {}
+        self._files: dict[str, Any] = {}
+
+    def add(self, split: str, windows_: np.ndarray, piece_ids: Sequence[int], window_ids: Sequence[int]) -> None:
+        if split not in self._files:
+            self.open_file(split, f"{split}.bin")
+            self.meta[split] = {"piece_id": [], "window": []}
+        self.write(split, windows_)
+        self.meta[split]["piece_id"].extend(int(p) for p in piece_ids)
+        self.meta[split]["window"].extend(int(w) for w in window_ids)
+
+    def open_file(self, key: str, filename: str) -> None:
+        """Opens `filename` in the spill folder for writing under `key` (once per key)."""
+        if key not in self._files:
+            self._files[key] = open(os.path.join(self.directory, filename), "wb")  # pylint: disable=consider-using-with
+
+    def write(self, key: str, array: np.ndarray) -> None:
+        """Appends `array` (as int32) to the file opened under `key`."""
+        self._files[key].write(np.ascontiguousarray(array, np.int32).tobytes())
+
+    def tokens(self, split: str) -> np.ndarray:
+        """The spilled windows of `split`, memory-mapped: int32 [n, max_len, 8]."""
+        n = self.count(split)
+        return np.memmap(os.path.join(self.directory, f"{split}.bin"), np.int32, "r", shape=(n, self.max_len, vocab.NUM_FIELDS))
+
+    def count(self, split: str) -> int:
+        return len(self.meta.get(split, {}).get("piece_id", []))
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files = {}
+
+    def examples(self, split: str) -> Iterator[tuple[int, dict[str, Any]]]:
+        n = self.count(split)
+        if not n:
+            return
+        tokens = self.tokens(split)
+        meta = self.meta[split]
+        for i in range(n):
+            yield i, make_example(np.asarray(tokens[i]), i, meta["piece_id"][i], meta["window"][i])
+
+
+def make_example(tokens: np.ndarray, index: int, piece_id: int, window: int) -> dict[str, Any]:
+    return {
+        "tokens": np.asarray(tokens, np.int32),
+        "index": np.int64(index),
+        "piece_id": np.int32(piece_id),
+        "window": np.int32(window),
+    }
+
+
+def example_features(max_len: int) -> dict[str, Any]:
+    """The TFDS features of every example (task builders add their labels)."""
+    return {
+        "tokens": tfds.features.Tensor(shape=(max_len, vocab.NUM_FIELDS), dtype=np.int32),
+        "index": tfds.features.Scalar(dtype=np.int64),
+        "piece_id": tfds.features.Scalar(dtype=np.int32),
+        "window": tfds.features.Scalar(dtype=np.int32),
+    }
+
+
+class LocalDatasetInfo(tfds.core.DatasetInfo):
+    """DatasetInfo of a dataset that exists only where it was built.
+
+    TFDS looks up every unprepared builder's metadata in its public bucket (gs://tfds-data): a network
+    round trip per builder on a pod worker, and a temporary directory left behind each time. These
+    datasets are never there, so the lookup is skipped.
+    """
+
+    def initialize_from_bucket(self) -> None:
+        return None
+
+
+# ----------------------------------------------------------------------------------------
+# Reading.
+
+
+def load_data_source(dataset_dir: epath.PathLike, split: str = TRAIN):
+    """The ArrayRecord data source of one split of a built dataset (a `.../<version>` folder).
+
+    Random access: ``len(source)``, ``source[i]`` and ``source.__getitems__(indices)`` give
+    dicts of numpy arrays. Same as `tfds.data_source(...)[split]`, without needing the
+    builder class or config to be registered.
+    """
+    builder = tfds.builder_from_directory(os.fspath(dataset_dir))
+    if split not in builder.info.splits:
+        raise SplitNotFoundError(f"{dataset_dir}: no split {split!r}; splits: {sorted(builder.info.splits)}")
+    return builder.as_data_source(split=split)
