@@ -32,6 +32,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -79,11 +80,12 @@ class ChildResult(pytest.Item):
         results = _child_results(self.config, self.session)
         outcome = results.get(self.nodeid)
         if outcome is None:
-            raise ChildFailure(f"no result from the multi-device child for {self.nodeid}:\n{results['<child>']}")
+            raise ChildFailure(f"no result from the multi-device child for {self.nodeid}:\n{results['<child>']}\n"
+                               f"(child work folder: {results.get('<workdir>')})")
         if outcome["outcome"] == "skipped":
             pytest.skip(outcome["text"])
         if outcome["outcome"] == "failed":
-            raise ChildFailure(outcome["text"])
+            raise ChildFailure(f"{outcome['text']}\n(child work folder: {results['<workdir>']})")
 
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, ChildFailure):
@@ -128,14 +130,19 @@ def _child_results(config: pytest.Config, session: pytest.Session) -> dict:
     try:
         proc = subprocess.run(command + ["--rootdir", str(config.rootpath), *nodeids], cwd=config.rootpath,
                               env=env, capture_output=True, text=True, timeout=_CHILD_TIMEOUT_S)
+        passed = proc.returncode == 0
         child = f"exit status {proc.returncode}\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
     except subprocess.TimeoutExpired as e:
-        child = f"timed out after {_CHILD_TIMEOUT_S} s\n{(e.stdout or b'')[-6000:]!r}"
+        passed, child = False, f"timed out after {_CHILD_TIMEOUT_S} s\n{(e.stdout or b'')[-6000:]!r}"
     results: dict = {"<child>": child}
     if report.exists():
         for line in report.read_text().splitlines():
             entry = json.loads(line)
             results[entry["nodeid"]] = entry
+    if passed:
+        shutil.rmtree(workdir)
+    else:  # the child's tmp_path folders stay for inspection
+        results["<workdir>"] = str(workdir)
     config.stash[_results_key] = results
     return results
 
