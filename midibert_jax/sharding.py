@@ -1,28 +1,26 @@
-"""Device mesh, logical-axis rules and sharded initialization.
+"""Device mesh, logical-axis rules and the shardings they give.
 
 Modules name the axes of their parameters and main activations logically ('batch', 'embed', 'heads',
 'mlp', ...); the model config's `logical_axis_rules` map those names to the mesh axes below. Parameters
-are born sharded: the init function is traced with `jax.eval_shape` to read the logical names, the
-names become NamedShardings, and the real init runs under `jax.jit(out_shardings=...)`, so each device
-only ever materializes its own shards.
+are born sharded: the trainers trace the init with `jax.eval_shape` to read the logical names
+(train/sharded_state.abstract_train_state), `shardings_of` turns them into NamedShardings, and the real
+init runs under `jax.jit(out_shardings=...)`, so each device only ever materializes its own shards.
 
     mesh = make_mesh(config.mesh)                      # {'data': -1, 'fsdp': 2, 'tensor': 1}
-    rules = logical_rules(config)
-    params = init_params(model, rng, tokens, mesh=mesh, rules=rules)   # unboxed, sharded
+    rules = logical_rules(config.model)
     with activate(mesh, rules):                        # activation constraints use the same rules
-        out = jax.jit(step)(params, shard_batch(batch, mesh, rules))
+        tokens = jax.make_array_from_process_local_data(batch_sharding(mesh, rules, 3), local_tokens)
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
-import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -93,51 +91,7 @@ def shardings_of(boxed_tree: Any, mesh: Mesh, rules: Rules) -> Any:
     )
 
 
-def init_sharded(init_fn: Callable[..., Any], *args, mesh: Mesh, rules: Rules) -> tuple[Any, Any]:
-    """Run `init_fn(*args)` (returning a boxed tree) born sharded; returns (unboxed tree, its shardings)."""
-    with activate(mesh, rules):
-        abstract = jax.eval_shape(init_fn, *args)
-        shardings = shardings_of(abstract, mesh, rules)
-        tree = jax.jit(lambda *a: nn.unbox(init_fn(*a)), out_shardings=shardings)(*args)
-    return tree, shardings
-
-
-def init_params(
-    model: nn.Module, rng: jax.Array, *inputs, mesh: Mesh, rules: Rules, method: str | None = None
-) -> tuple[Any, Any]:
-    """Sharded `model.init(...)['params']` with deterministic=True; returns (params, shardings)."""
-
-    def init_fn(key, *xs):
-        return model.init({"params": key}, *xs, deterministic=True, method=method)["params"]
-
-    return init_sharded(init_fn, rng, *inputs, mesh=mesh, rules=rules)
-
-
-def param_shardings(model: nn.Module, *inputs, mesh: Mesh, rules: Rules, method: str | None = None) -> Any:
-    """Shardings of `model`'s params (e.g. to restore a checkpoint or shard the optimizer state)."""
-
-    def init_fn(key, *xs):
-        return model.init({"params": key}, *xs, deterministic=True, method=method)["params"]
-
-    with nn.logical_axis_rules(rules):
-        abstract = jax.eval_shape(init_fn, jax.random.key(0), *inputs)
-    return shardings_of(abstract, mesh, rules)
-
-
 def batch_sharding(mesh: Mesh, rules: Rules, ndim: int) -> NamedSharding:
     """Sharding of an [batch, ...] array: the leading axis as the rules place 'batch', the rest replicated."""
     axes = nn.logical_to_mesh_axes(("batch",) + (None,) * (ndim - 1), rules)
     return NamedSharding(mesh, axes)
-
-
-def shard_batch(batch: Any, mesh: Mesh, rules: Rules) -> Any:
-    """Host arrays (this process's rows of the global batch) -> global arrays sharded along 'batch'.
-
-    Works on one host and many: each process passes its local slice (make_array_from_process_local_data).
-    """
-
-    def put(x):
-        x = np.asarray(x)
-        return jax.make_array_from_process_local_data(batch_sharding(mesh, rules, x.ndim), x)
-
-    return jax.tree_util.tree_map(put, batch)

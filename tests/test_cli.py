@@ -52,13 +52,6 @@ def test_commands_import_no_jax_until_they_run():
     assert out.strip() == "False"
 
 
-def test_import_torch_kinds_match_the_converter():
-    from midibert_jax.commands import import_torch
-    from midibert_jax.model import torch_import
-
-    assert tuple(import_torch.KINDS) == tuple(torch_import.KINDS)
-
-
 def test_demo_lines_up_the_adversarial_and_random_curves(tmp_path):
     from midibert_jax import demo  # pylint: disable=import-outside-toplevel
 

@@ -2,34 +2,17 @@
 
 import dataclasses
 import functools
-import os
-import pathlib
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
+from masking_cases import BASE, NUM_REGULAR, B, L, make_tokens, random_batch
 from midibert_jax.tokenizer import vocab
 from midibert_jax.train import losses, masking
 
-B, L = 16, 128
 MASK_ROW = np.asarray(vocab.MASK_ROW)
-NUM_REGULAR = np.asarray(vocab.VOCAB.num_regular)
 
-BASE = masking.MaskingConfig(
-    policy="adversarial",
-    ratio_min=0.1,
-    ratio_max=0.3,
-    cap=0.15,
-    random_ratio=0.15,
-    mask_prob=0.8,
-    random_prob=0.1,
-    eval_seed=0,
-    reference_pads_as_candidates=False,
-    reference_random_any_token=False,
-)
 LOSS = losses.LossConfig(
     field_weights="inverse_accuracy",
     masker_target_fraction=0.3,
@@ -37,17 +20,6 @@ LOSS = losses.LossConfig(
     reference_sign_flip=False,
     reference_full_sequence_includes_pads=False,
 )
-
-
-def make_tokens(seed, b=B, length=L, min_len=8):
-    """Regular random tokens with a random number of trailing pads per example; returns (tokens, nonpad)."""
-    rs = np.random.RandomState(seed)
-    tokens = rs.randint(0, NUM_REGULAR, size=(b, length, 8)).astype(np.int32)
-    lengths = rs.randint(min_len, length + 1, size=b)
-    lengths[0] = length  # one full window
-    nonpad = np.arange(length)[None, :] < lengths[:, None]
-    tokens[~nonpad] = np.asarray(vocab.PAD_ROW)
-    return tokens, nonpad
 
 
 @functools.partial(jax.jit, static_argnames="cfg")
@@ -70,16 +42,8 @@ def _targets(weighted, replaced, k, cfg):
     return losses.masker_targets(weighted, replaced, k, cfg)
 
 
-def _batch(seed=0):
-    tokens, nonpad = make_tokens(seed)
-    rs = np.random.RandomState(seed + 100)
-    scores = rs.uniform(size=(B, L)).astype(np.float32)
-    frozen = rs.uniform(size=(B, L)) < 0.3
-    return tokens, nonpad, scores, frozen, np.arange(B, dtype=np.int32) + 1000
-
-
 def test_adversarial_k_bounds_and_only_eligible_top_scores():
-    tokens, nonpad, scores, frozen, index = _batch()
+    tokens, nonpad, scores, frozen, index = random_batch()
     out = jax.device_get(_adversarial(jax.random.key(1), tokens, index, scores, frozen, BASE))
     eligible = nonpad & ~frozen
     np.testing.assert_array_equal(out.eligible, eligible)
@@ -98,7 +62,7 @@ def test_adversarial_k_bounds_and_only_eligible_top_scores():
 
 
 def test_adversarial_cap_binds():
-    tokens, nonpad, scores, _, index = _batch(1)
+    tokens, nonpad, scores, _, index = random_batch(1)
     cfg = dataclasses.replace(BASE, ratio_min=0.5, ratio_max=0.6, cap=0.05)
     out = jax.device_get(_adversarial(jax.random.key(2), tokens, index, scores, None, cfg))
     cap = int(0.05 * L)
@@ -106,7 +70,7 @@ def test_adversarial_cap_binds():
 
 
 def test_reference_pads_as_candidates():
-    tokens, nonpad, scores, _, index = _batch(2)
+    tokens, nonpad, scores, _, index = random_batch(2)
     scores = np.where(nonpad, scores * 0.5, 1.0).astype(np.float32)  # pads score highest
     cfg = dataclasses.replace(BASE, reference_pads_as_candidates=True)
     out = jax.device_get(_adversarial(jax.random.key(3), tokens, index, scores, None, cfg))
@@ -144,7 +108,7 @@ def test_reference_random_rows_may_be_specials():
 
 
 def test_random_policy_count_and_pads():
-    tokens, nonpad, _, _, index = _batch(5)
+    tokens, nonpad, _, _, index = random_batch(5)
     cfg = dataclasses.replace(BASE, policy="random")
     out = jax.device_get(_random(jax.random.key(6), tokens, index, cfg))
     np.testing.assert_array_equal(out.k, np.floor(0.15 * nonpad.sum(-1) + 0.5))
@@ -152,7 +116,7 @@ def test_random_policy_count_and_pads():
 
 
 def test_eval_mask_is_deterministic_and_independent_of_batch_composition():
-    tokens, _, _, _, index = _batch(6)
+    tokens, _, _, _, index = random_batch(6)
     a = jax.device_get(_eval(tokens, index, BASE))
     b = jax.device_get(_eval(tokens, index, BASE))
     np.testing.assert_array_equal(a.tokens, b.tokens)
@@ -165,7 +129,7 @@ def test_eval_mask_is_deterministic_and_independent_of_batch_composition():
 
 
 def test_mask_batch_dispatch():
-    tokens, _, scores, frozen, index = _batch(7)
+    tokens, _, scores, frozen, index = random_batch(7)
     with pytest.raises(ValueError):
         masking.mask_batch(jax.random.key(0), tokens, index, BASE)
     with pytest.raises(ValueError):
@@ -213,45 +177,3 @@ def test_reference_sign_flip_breaks_the_per_example_invariant():
     assert all(holds[0::2]), "even examples follow the intended rule"
     assert not any(holds[1::2]), "odd examples get inverted targets under the reference bug"
     assert np.any(positive[1] & ~replaced[1])
-
-
-_SHARDED_SCRIPT = """
-import os
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-import functools, jax, jax.numpy as jnp, numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-sys_path = __import__("sys").path; sys_path.insert(0, "tests")
-from test_masking import BASE, _batch
-from midibert_jax.train import mask_book, masking
-
-tokens, nonpad, scores, frozen, index = _batch(11)
-book = np.zeros((2048, 16), np.uint8)
-book = mask_book.scatter(book, index, frozen)
-cfg = mask_book.MaskBookConfig(every=1, unit="step", freeze_min=0.1, freeze_max=0.3, unfreeze_max=0.1,
-                               reference_pads_as_candidates=False)
-
-def step(rng, book, tokens, index, scores):
-    out = masking.adversarial_mask(rng, tokens, index, scores, mask_book.gather(book, index), BASE)
-    new_book = mask_book.refresh(book, rng, index, scores, masking.non_pad(tokens), cfg)
-    return out, new_book
-
-ref_out, ref_book = jax.jit(step)(jax.random.key(3), book, tokens, index, scores)
-mesh = Mesh(np.array(jax.devices()), ("data",))
-batch = NamedSharding(mesh, P("data"))
-put = lambda x, s: jax.device_put(x, s)
-args = (jax.random.key(3), put(book, batch), put(tokens, batch), put(index, batch), put(scores, batch))
-out, new_book = jax.jit(step, donate_argnums=1)(*args)
-assert len(out.tokens.sharding.device_set) == 4
-for a, b in zip(jax.tree.leaves(ref_out), jax.tree.leaves(out)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-np.testing.assert_array_equal(np.asarray(ref_book), np.asarray(new_book))
-print("OK")
-"""
-
-
-def test_sharded_batch_and_book_match_single_device():
-    """Batch sharded over 4 devices and a sharded mask book give bit-identical results (fresh process)."""
-    root = pathlib.Path(__file__).resolve().parents[1]
-    env = dict(os.environ, PYTHONPATH=str(root), JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT], cwd=root, env=env, capture_output=True, text=True)
-    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]

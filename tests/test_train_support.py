@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 
 import jax
@@ -88,9 +89,25 @@ def test_metrics_writer_and_rate(tmp_path):
     now[0] = 110.0
     r = meter.update(30)
     assert r["steps_per_sec"] == pytest.approx(2.0) and r["eta_sec"] == pytest.approx(35.0)
-    bar = metrics.progress_bar(10, enabled=False)
-    bar.update(1)
+
+
+def test_progress_bar_prints_position_rate_and_eta_on_process_0_only(capsys):
+    bar = metrics.progress_bar(10, initial=2, desc="pretrain")  # one process: process 0 shows it
+    bar.update(3)
+    bar.refresh()
     bar.close()
+    err = capsys.readouterr().err
+    shown = err.split("\r")
+    assert shown[1].startswith("pretrain:  20%") and "| 2/10 [" in shown[1], shown  # starts at the resumed step
+    # e.g. "pretrain:  50%|#####     | 5/10 [00:01<00:01, 2.50it/s]": position, elapsed<ETA, rate.
+    assert any(re.search(r"^pretrain: +50%\|[^|]+\| 5/10 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+it/s\]", line)
+               for line in shown), shown
+    assert err.endswith("\n")  # closed: the next output starts on its own line
+
+    silent = metrics.progress_bar(10, enabled=False)
+    silent.update(5)
+    silent.close()
+    assert capsys.readouterr().err == ""
 
 
 def test_preemption_guard_sets_flag_on_sigterm():

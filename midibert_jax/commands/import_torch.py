@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-KINDS = ("encoder", "pretrain", "masker", "token", "sequence")
+from midibert_jax.torch_layouts import KINDS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -28,8 +28,7 @@ import numpy as np
 
 from midibert_jax.model.embedding import FIELD_KEYS
 from midibert_jax.tokenizer import vocab
-
-KINDS = ("encoder", "pretrain", "masker", "token", "sequence")
+from midibert_jax.torch_layouts import KINDS
 
 # Head layouts: torch name -> (our top-level module, our submodule).
 _HEAD_LINEARS = {
