@@ -40,7 +40,9 @@ def _tensorboard_writer(logdir: str):
 
     if paths.is_url(logdir):
         record_writer.register_writer_factory(logdir.split("://", 1)[0], _EpathEventFiles())
-    return SummaryWriter(logdir)
+    # Event files are named by the second they are opened in; a run resumed within that second
+    # would otherwise reopen (and on an object store, overwrite) the previous writer's file.
+    return SummaryWriter(logdir, filename_suffix=f".{os.getpid()}.{time.time_ns()}")
 
 
 class MetricsWriter:
