@@ -20,6 +20,23 @@ import numpy as np
 from midibert_jax.tokenizer import quantize, vocab
 
 
+# Pre-training metric names before train/ and eval/ were shared with fine-tuning (old metrics.jsonl files).
+_OLD_NAMES = {"loss/total": "train/loss", "acc/mean": "train/accuracy", "eval/acc/mean": "eval/accuracy",
+              "eval/loss/mean": "eval/loss", "finite": "train/finite", "train/acc": "train/accuracy"}
+_OLD_PREFIXES = (("eval/acc/", "eval/accuracy/"), ("acc/", "train/accuracy/"), ("loss/", "train/loss/"),
+                 ("mask/", "train/mask/"), ("masker/", "train/masker/"), ("norm/", "train/norm/"))
+
+
+def metric_name(key: str) -> str:
+    """The current name of a metric key, also for files written under the old pre-training names."""
+    if key in _OLD_NAMES:
+        return _OLD_NAMES[key]
+    for old, new in _OLD_PREFIXES:
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
+
+
 def read_metrics(workdir: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """All scalars of `workdir/metrics.jsonl`, per key, sorted by step (later lines win on a repeated step)."""
     path = os.path.join(os.fspath(workdir), "metrics.jsonl")
@@ -35,7 +52,7 @@ def read_metrics(workdir: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.n
             record.pop("time", None)
             for key, value in record.items():
                 if isinstance(value, (int, float)):
-                    series.setdefault(key, {})[step] = float(value)
+                    series.setdefault(metric_name(key), {})[step] = float(value)
     return {
         key: (np.array(sorted(points), np.int64), np.array([points[s] for s in sorted(points)], np.float64))
         for key, points in series.items()
@@ -139,15 +156,16 @@ class PretrainRun:
     def __init__(self, workdir: str):
         import ml_collections  # pylint: disable=import-outside-toplevel
 
-        from midibert_jax.train import finetune, pretrain, warm_start  # pylint: disable=import-outside-toplevel
+        from midibert_jax import evaluate  # pylint: disable=import-outside-toplevel
+        from midibert_jax.train import pretrain, warm_start  # pylint: disable=import-outside-toplevel
 
         self.workdir = workdir
         directory, _ = warm_start.find_step(workdir, "latest")
         self.checkpoint_dir = directory
         self.steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
-        config, _ = finetune.load_run_config(workdir, "latest")
-        self.config = ml_collections.ConfigDict(finetune._single_process_mesh(config).to_dict())  # pylint: disable=protected-access
-        self.trainer = pretrain.Trainer(self.config, workdir)
+        config, _ = evaluate.load_run_config(workdir, "latest")
+        self.config = ml_collections.ConfigDict(evaluate.single_process_mesh(config).to_dict())
+        self.trainer = pretrain.Trainer(self.config)
         self.data = pretrain.load_data(self.config.data)
 
     def train_window(self, index: int = -1, search: int = 64) -> tuple[np.ndarray, int]:
@@ -201,9 +219,9 @@ def eval_result(workdir: str, split: str = "test") -> dict:
     """`workdir/eval_<split>.json`, evaluating the workdir first when it is missing."""
     path = os.path.join(workdir, f"eval_{split}.json")
     if not os.path.exists(path):
-        from midibert_jax.train import finetune  # pylint: disable=import-outside-toplevel
+        from midibert_jax import evaluate  # pylint: disable=import-outside-toplevel
 
-        return finetune.evaluate_workdir(workdir, split)
+        return evaluate.evaluate_workdir(workdir, split)
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 

@@ -40,7 +40,7 @@ def held_out_pieces(dataset_dir) -> set[str]:
     return {r["path"] for r in rows if r.get("split") in ("validation", "test")}
 
 
-def _curves(workdirs: dict[str, str], key: str = "eval/acc/mean") -> list[tuple[int, dict[str, float]]]:
+def _curves(workdirs: dict[str, str], key: str = "eval/accuracy") -> list[tuple[int, dict[str, float]]]:
     """[(step, {run: value})] of `key` over the steps any run evaluated at."""
     from midibert_jax import analysis  # pylint: disable=import-outside-toplevel
 
@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
     from midibert_jax.config_validation import validate_pretrain  # pylint: disable=import-outside-toplevel
     from midibert_jax.data import tasks  # pylint: disable=import-outside-toplevel
+    from midibert_jax import evaluate  # pylint: disable=import-outside-toplevel
     from midibert_jax.train import finetune, pretrain  # pylint: disable=import-outside-toplevel
 
     root = args.workdir
@@ -100,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
             workdir = os.path.join(root, "finetune", f"{task}_{init}")
             print(f"[demo] 2/3 fine-tuning {task} ({init}) -> {workdir}")
             finetune.train_and_evaluate(config, workdir)
-            result = finetune.evaluate_workdir(workdir, "test")
+            result = evaluate.evaluate_workdir(workdir, "test")
             runs[f"{task}_{init}"] = {"workdir": workdir, **{k: result[k] for k in ("task", "accuracy", "macro_f1")},
                                       **({"piece_accuracy": result["piece_accuracy"]} if "piece_accuracy" in result else {})}
 

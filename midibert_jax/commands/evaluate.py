@@ -39,14 +39,13 @@ def run(args: argparse.Namespace) -> int:
     from midibert_jax import distributed  # pylint: disable=import-outside-toplevel
 
     distributed.initialize_from_environment()
-    from midibert_jax.train import finetune  # pylint: disable=import-outside-toplevel
+    from midibert_jax import evaluate  # pylint: disable=import-outside-toplevel
 
-    result = finetune.evaluate_workdir(args.workdir, args.split, which=args.step, max_batches=args.max_batches)
+    result = evaluate.evaluate_workdir(args.workdir, args.split, which=args.step, max_batches=args.max_batches)
     if result.get("kind") == "pretrain":
-        fields = " ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in result.items() if k.startswith("eval/acc/")
-                          and k != "eval/acc/mean")
+        fields = " ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in result.items() if k.startswith("eval/accuracy/"))
         print(f"[evaluate] pre-training run, validation (step {result['step']}): masked-token accuracy "
-              f"{result['eval/acc/mean']:.4f} ({fields}); wrote {args.workdir}/eval_validation.json")
+              f"{result['eval/accuracy']:.4f} ({fields}); wrote {args.workdir}/eval_validation.json")
     else:
         _print_finetune(result, args.workdir)
     return 0
