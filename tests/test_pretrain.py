@@ -219,7 +219,7 @@ def test_resume_after_sigkill_is_bitwise_exact(resume):
     assert not differing, differing  # parameters, optimizer moments and counts, rng, field weights, mask book
     assert any(k.startswith("state/opt_state") for k in straight)
     assert int(straight["state/step"]) == 2 * N
-    weights = straight["state/field_weights"]
+    weights = straight["state/extras/field_weights"]
     assert not np.allclose(weights, 1 / 8)  # set from an evaluation
     assert int(np.unpackbits(straight["mask_book"]).sum()) > 0  # notes frozen by the refreshes
 

@@ -270,79 +270,82 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
         return ws.load_into(state, cfg.train.init_from, trainer.abstract_state)
 
-    state, restored, origin = loop.resume_or_init(ckpt, trainer.abstract_state, trainer.init_state,
-                                                  cfg.train.init_from, warm_start, mask_book_target=book_target)
-    book_np = np.asarray(restored.mask_book) if restored else mask_book.create(num_windows, cfg.model.max_len)
-    start = int(jax.device_get(state.step))
-    if restored is not None and restored.data.get("next_index") != start:
-        raise RuntimeError(f"checkpoint data position {restored.data} does not match the train step {start}")
-    if primary:
-        report = trainer.compile_report(num_windows)
-        print(f"[pretrain] {origin} at step {start}; {jax.device_count()} devices, mesh {dict(trainer.mesh.shape)}; "
-              f"{num_windows} training windows, {plan.steps_per_epoch} steps/epoch; "
-              f"compiled in {report['compile_seconds']:.1f} s, {report.get('peak_bytes_estimate', 0) / 2**20:.0f} MiB/device")
-        with open(os.path.join(workdir, "compile_report.json"), "w") as f:
-            json.dump(report, f, indent=2)
-    run = {"book": trainer.put_book(book_np)}
-    batches = pipeline.train_iterator(
-        data.train, global_batch_size=cfg.data.batch_size, seed=cfg.seed, start_step=start,
-        num_threads=cfg.data.read_threads, prefetch=cfg.data.prefetch,
-    )
-    if wrap_batches is not None:
-        batches = wrap_batches(batches, start)
-
     guard = PreemptionGuard().install()
-    bar = metrics.progress_bar(cfg.train.steps, initial=start, desc="pretrain")
-    say = bar.write if primary else (lambda text: None)
-
-    def frozen_fraction() -> float:
-        return float(mask_book.frozen_fraction(jax.device_get(run["book"]), data.num_train_notes))
-
-    def save(ctx: loop.Context, force: bool = False) -> None:
-        book = jax.device_get(run["book"]) if run["book"] is not None else book_np
-        best = {BEST_METRIC: ctx.eval[BEST_METRIC]} if ctx.eval else None
-        items = dict(state=ctx.state, mask_book=book, data={"next_index": ctx.step}, config=cfg.to_dict())
-        if force:
-            ckpt.save_now(ctx.step, metrics=best, **items)
-        else:
-            ckpt.save(ctx.step, metrics=best, **items)
-        writer.flush()  # the metrics up to a checkpoint survive a crash after it
-
-    def evaluate(ctx: loop.Context) -> None:
-        ctx.eval = ctx.last_eval = trainer.evaluate(ctx.state.params, data.valid, cfg.train.eval_batches)
-        writer.write(ctx.step, ctx.eval)
-        acc = np.array([ctx.eval[f"eval/accuracy/{n}"] for n in vocab.FIELDS])
-        weights = losses.field_weights_from_accuracy(jnp.asarray(acc), trainer.loss_cfg.field_weights)
-        weights = jax.device_put(weights, trainer.state_shardings.extras["field_weights"])
-        ctx.state = ctx.state.replace(extras={**ctx.state.extras, "field_weights": weights})
-        say(f"[pretrain] step {ctx.step}: eval acc {ctx.eval['eval/accuracy']:.4f} "
-            + " ".join(f"{n}={ctx.eval[f'eval/accuracy/{n}']:.3f}" for n in vocab.FIELDS))
-
-    def refresh_book(ctx: loop.Context) -> None:
-        update_number = mask_book.update_due(ctx.step, plan.steps_per_epoch, trainer.book_cfg)
-        run["book"] = trainer.refresh_book(ctx.state.params, run["book"], data.train, update_number)
-        writer.write(ctx.step, {"train/mask/frozen_fraction": frozen_fraction(), "train/mask/book_updates": update_number})
-
-    log_extra = (lambda ctx: {"train/mask/frozen_fraction": frozen_fraction()}) if run["book"] is not None else None
-    schedule = [
-        hooks.log_train(writer, cfg.train.log_every, schedule=trainer.schedule, steps_per_epoch=plan.steps_per_epoch,
-                        start=start, bar=bar, tokens_per_step=cfg.data.batch_size * cfg.model.max_len,
-                        rate=metrics.RateMeter(cfg.train.steps, initial=start), extra=log_extra),
-        loop.Hook(evaluate, every=cfg.train.eval_every),
-        loop.Hook(refresh_book, when=lambda step: mask_book.update_due(step, plan.steps_per_epoch, trainer.book_cfg)
-                  is not None),
-        hooks.progress(bar),
-        hooks.preemption(guard, lambda ctx: save(ctx, force=True), say, "pretrain"),
-        hooks.checkpoint(save, cfg.train.checkpoint_every),
-    ]
-    def step_fn(state, batch):
-        return trainer.train_step(state, trainer.put_batch(batch), run["book"])
-
+    bar = None
     try:
+        state, restored, origin = loop.resume_or_init(ckpt, trainer.abstract_state, trainer.init_state,
+                                                      cfg.train.init_from, warm_start, mask_book_target=book_target)
+        book_np = np.asarray(restored.mask_book) if restored else mask_book.create(num_windows, cfg.model.max_len)
+        start = int(jax.device_get(state.step))
+        if restored is not None and restored.data.get("next_index") != start:
+            raise RuntimeError(f"checkpoint data position {restored.data} does not match the train step {start}")
+        if primary:
+            report = trainer.compile_report(num_windows)
+            print(f"[pretrain] {origin} at step {start}; {jax.device_count()} devices, mesh {dict(trainer.mesh.shape)}; "
+                  f"{num_windows} training windows, {plan.steps_per_epoch} steps/epoch; "
+                  f"compiled in {report['compile_seconds']:.1f} s, {report.get('peak_bytes_estimate', 0) / 2**20:.0f} MiB/device")
+            with open(os.path.join(workdir, "compile_report.json"), "w") as f:
+                json.dump(report, f, indent=2)
+        run = {"book": trainer.put_book(book_np)}
+        batches = pipeline.train_iterator(
+            data.train, global_batch_size=cfg.data.batch_size, seed=cfg.seed, start_step=start,
+            num_threads=cfg.data.read_threads, prefetch=cfg.data.prefetch,
+        )
+        if wrap_batches is not None:
+            batches = wrap_batches(batches, start)
+
+        bar = metrics.progress_bar(cfg.train.steps, initial=start, desc="pretrain")
+        say = bar.write if primary else (lambda text: None)
+
+        def frozen_fraction() -> float:
+            return float(mask_book.frozen_fraction(jax.device_get(run["book"]), data.num_train_notes))
+
+        def save(ctx: loop.Context, force: bool = False) -> None:
+            book = jax.device_get(run["book"]) if run["book"] is not None else book_np
+            best = {BEST_METRIC: ctx.eval[BEST_METRIC]} if ctx.eval else None
+            items = dict(state=ctx.state, mask_book=book, data={"next_index": ctx.step}, config=cfg.to_dict())
+            if force:
+                ckpt.save_now(ctx.step, metrics=best, **items)
+            else:
+                ckpt.save(ctx.step, metrics=best, **items)
+            writer.flush()  # the metrics up to a checkpoint survive a crash after it
+
+        def evaluate(ctx: loop.Context) -> None:
+            ctx.eval = ctx.last_eval = trainer.evaluate(ctx.state.params, data.valid, cfg.train.eval_batches)
+            writer.write(ctx.step, ctx.eval)
+            acc = np.array([ctx.eval[f"eval/accuracy/{n}"] for n in vocab.FIELDS])
+            weights = losses.field_weights_from_accuracy(jnp.asarray(acc), trainer.loss_cfg.field_weights)
+            weights = jax.device_put(weights, trainer.state_shardings.extras["field_weights"])
+            ctx.state = ctx.state.replace(extras={**ctx.state.extras, "field_weights": weights})
+            say(f"[pretrain] step {ctx.step}: eval acc {ctx.eval['eval/accuracy']:.4f} "
+                + " ".join(f"{n}={ctx.eval[f'eval/accuracy/{n}']:.3f}" for n in vocab.FIELDS))
+
+        def refresh_book(ctx: loop.Context) -> None:
+            update_number = mask_book.update_due(ctx.step, plan.steps_per_epoch, trainer.book_cfg)
+            run["book"] = trainer.refresh_book(ctx.state.params, run["book"], data.train, update_number)
+            writer.write(ctx.step, {"train/mask/frozen_fraction": frozen_fraction(), "train/mask/book_updates": update_number})
+
+        log_extra = (lambda ctx: {"train/mask/frozen_fraction": frozen_fraction()}) if run["book"] is not None else None
+        schedule = [
+            hooks.log_train(writer, cfg.train.log_every, schedule=trainer.schedule, steps_per_epoch=plan.steps_per_epoch,
+                            start=start, bar=bar, tokens_per_step=cfg.data.batch_size * cfg.model.max_len,
+                            rate=metrics.RateMeter(cfg.train.steps, initial=start), extra=log_extra),
+            loop.Hook(evaluate, every=cfg.train.eval_every),
+            loop.Hook(refresh_book, when=lambda step: mask_book.update_due(step, plan.steps_per_epoch, trainer.book_cfg)
+                      is not None),
+            hooks.progress(bar),
+            hooks.preemption(guard, lambda ctx: save(ctx, force=True), say, "pretrain"),
+            hooks.checkpoint(save, cfg.train.checkpoint_every),
+        ]
+
+        def step_fn(state, batch):
+            return trainer.train_step(state, trainer.put_batch(batch), run["book"])
+
         with trainer.activate():
             ctx = loop.run(state, step_fn, batches, start=start, total=cfg.train.steps, hooks=schedule)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         guard.uninstall()
         ckpt.wait()
         ckpt.close()
