@@ -201,7 +201,7 @@ class Case:
 
     def result(self) -> dict[str, Any]:
         metrics = {k: float(v) for k, v in jax.device_get(self.metrics).items()}
-        if not metrics["finite"]:
+        if not metrics["train/finite"]:
             raise RuntimeError(f"{self.name}: the benchmark step produced a non-finite loss")
         step_s = float(np.median(self.times))
         mem = self.compiled.memory_analysis()
@@ -234,7 +234,7 @@ class Case:
             "fraction_of_matmul_per_cpu_second": float(np.median(self.cpu_ratios)),
             "cores_busy": float(np.median(np.asarray(self.cpu_times) / np.asarray(self.times))),
             "loss": metrics["train/loss"],
-            "selected_fraction": metrics["mask/selected_fraction"],
+            "selected_fraction": metrics["train/mask/selected_fraction"],
         }
 
 

@@ -14,10 +14,10 @@ import pytest
 from pretrain_helpers import nonfinite_at
 
 from midibert_jax import config_loading
+from midibert_jax import evaluate as evaluation
 from midibert_jax.config_loading import ConfigError
 from midibert_jax.tokenizer import vocab
 from midibert_jax.train import classification_metrics as cm_lib
-from midibert_jax import evaluate as evaluation
 from midibert_jax.train import finetune, nonfinite, warm_start
 from midibert_jax.train.task_info import TaskInfo
 

@@ -55,9 +55,9 @@ def run(args: argparse.Namespace) -> int:
     distributed.initialize_from_environment()
     import jax  # pylint: disable=import-outside-toplevel
 
+    from midibert_jax import evaluate  # pylint: disable=import-outside-toplevel
     from midibert_jax.config_validation import validate_pretrain  # pylint: disable=import-outside-toplevel
     from midibert_jax.data import tasks  # pylint: disable=import-outside-toplevel
-    from midibert_jax import evaluate  # pylint: disable=import-outside-toplevel
     from midibert_jax.train import finetune, pretrain  # pylint: disable=import-outside-toplevel
 
     root = args.workdir
