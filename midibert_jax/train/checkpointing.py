@@ -10,9 +10,11 @@ Fine-tuning (train/finetune.ITEMS): state, early_stopping (its record, JSON), co
 Always:
   version    vocabulary sizes, field order, checkpoint format and code version (JSON), checked on restore
 
-Format 1 (before TrainState.extras) stored pre-training's field weights outside `extras`: such a
-step is refused with `CheckpointFormatError` when the target state has extras (fine-tuning states
-have none and read format 1 as is; its old `data` item, the early-stopping record, is restored too).
+Format 1 (before TrainState.extras) stored the state as {step, params, opt_state, rng, <extras...>}
+(pre-training's field weights beside the parameters, fine-tuning had none): it is restored into the
+current TrainState; the old items (a fine-tuning step's dummy mask book, its early-stopping record in
+`data`) are read as they are, for the objective to migrate. A newer format is refused
+(`CheckpointFormatError`, naming the step and folder).
 
 Saving is asynchronous (`save` returns once the arrays are copied off the device); `save_now` forces a
 save and waits, for SIGTERM. Every process must call `save`, `save_now` and `restore` (orbax
@@ -50,7 +52,13 @@ LEGACY_ITEMS = {"mask_book": ARRAYS, "data": JSON}
 
 
 class CheckpointFormatError(ValueError):
-    """A checkpoint step was written in a format this code cannot resume; the message names it."""
+    """A checkpoint step was written in a format this code cannot read; the message names it."""
+
+
+def _format1_state(abstract_state: Any) -> dict[str, Any]:
+    """The restore target of a format-1 state: TrainState's fields with the extras beside them."""
+    fields = ("step", "params", "opt_state", "rng")
+    return {**{f: getattr(abstract_state, f) for f in fields}, **abstract_state.extras}
 
 
 def version_info() -> dict[str, Any]:
@@ -233,9 +241,13 @@ class Checkpointer:
 
     def _restore_step(self, step: int, abstract_state: Any, mask_book_target: Any) -> Restored:
         version = self._manager.restore(step, args=ocp.args.Composite(version=ocp.args.JsonRestore()))["version"]
-        self._check_format(step, version, abstract_state)
+        fmt = version.get("format", 1)
+        if fmt > FORMAT_VERSION:
+            raise CheckpointFormatError(f"checkpoint step {step} in {self.directory} has format {fmt}, newer than this "
+                                        f"code's {FORMAT_VERSION}: update midibert-jax to resume it")
+        legacy = fmt < 2 and hasattr(abstract_state, "extras")
         present = self._items_on_disk(step)
-        args = {"state": ocp.args.StandardRestore(abstract_state)}
+        args = {"state": ocp.args.StandardRestore(_format1_state(abstract_state) if legacy else abstract_state)}
         for name in present - {"state", "version"}:
             if self._kinds[name] == JSON:
                 args[name] = ocp.args.JsonRestore()
@@ -243,6 +255,10 @@ class Checkpointer:
                 args[name] = ocp.args.StandardRestore(None if mask_book_target is None else {"bits": mask_book_target})
         out = dict(self._manager.restore(step, args=ocp.args.Composite(**args)))
         out["version"] = version
+        if legacy:
+            old = out["state"]
+            out["state"] = abstract_state.replace(step=old["step"], params=old["params"], opt_state=old["opt_state"],
+                                                  rng=old["rng"], extras={k: old[k] for k in abstract_state.extras})
         if "mask_book" in out:
             book = out["mask_book"]["bits"]
             if mask_book_target is None or isinstance(mask_book_target, np.ndarray):
@@ -262,7 +278,7 @@ class Checkpointer:
           step: a given step (no fallback), or None for the newest readable one.
         Raises:
           ValueError: the checkpoint was written with another vocabulary.
-          CheckpointFormatError: the step's format cannot be resumed (not a fall-back case).
+          CheckpointFormatError: the step's format is newer than this code's (not a fall-back case).
           RuntimeError: no step could be read.
         """
         self._manager.reload()
@@ -295,15 +311,6 @@ class Checkpointer:
         self._check_version(restored)
         log.info("restored checkpoint step %d from %s", restored.step, self.directory)
         return restored
-
-    def _check_format(self, step: int, version: dict[str, Any], abstract_state: Any) -> None:
-        extras = getattr(abstract_state, "extras", None)
-        if version.get("format", 1) < 2 and jax.tree_util.tree_leaves(extras):
-            raise CheckpointFormatError(
-                f"checkpoint step {step} in {self.directory} has format {version.get('format', 1)} (a pre-training "
-                f"state without TrainState.extras), which this code (format {FORMAT_VERSION}) cannot resume; "
-                "start a new workdir with --config.train.init_from=<that workdir> to keep its parameters"
-            )
 
     @staticmethod
     def _check_version(restored: Restored) -> None:
