@@ -5,7 +5,7 @@ r"""Memory of the full adversarial pre-training step per device: model size x le
     python benchmarks/bench_memory.py --sizes tiny --lengths 64 --batches 1 --out /tmp/memory.json
 
 Each case compiles the pre-training step ahead of time exactly as `midibert-jax compile-check` does
-(`Trainer(config, workdir="").compile_report(num_windows)`: masker pass, adversarial masking with the
+(`Trainer(config).compile_report(num_windows)`: masker pass, adversarial masking with the
 mask book, recoverer pass, both losses, gradients through both passes, AdamW), on ONE device with a
 per-device batch of 1 and again of 2 windows, and reads XLA's memory analysis; nothing is run. Per case:
   state     parameters + AdamW moments (float32 whatever the compute dtype; 12 bytes a parameter)
@@ -77,7 +77,7 @@ def measure(size: str, length: int, variant: str, batches=(1, 2), num_windows: i
         config.model.remat = remat
         config.mesh.update({"data": 1, "fsdp": 1, "tensor": 1})
         mesh = mesh or sharding.make_mesh(config.mesh, jax.devices()[:1])
-        trainer = Trainer(config, workdir="", mesh=mesh)
+        trainer = Trainer(config, mesh=mesh)
         report = trainer.compile_report(num_windows)
         result["params"] = sum(int(x.size) for x in jax.tree_util.tree_leaves(trainer.abstract_state.params))
         result["state_bytes"] = _device_bytes(trainer.abstract_state)

@@ -156,7 +156,7 @@ class Case:
         self.overrides = tuple(overrides)
         config = make_config(size, batch, length, overrides)
         with tempfile.TemporaryDirectory() as workdir:
-            trainer = pretrain.Trainer(config, workdir)
+            trainer = pretrain.Trainer(config)
         self.state = trainer.init_state()
         self.params = sum(int(x.size) for x in jax.tree_util.tree_leaves(self.state.params))
         self.arrays, self.book = random_batch(trainer, batch, length, 4 * batch)
@@ -171,7 +171,7 @@ class Case:
         if count_unrolled:  # XLA's count of every operation: lower (not compile) the step with unrolled layers
             unrolled_config = make_config(size, batch, length, self.overrides + (("model.scan_layers", False),))
             with tempfile.TemporaryDirectory() as workdir:
-                unrolled = pretrain.Trainer(unrolled_config, workdir)
+                unrolled = pretrain.Trainer(unrolled_config)
             with sharding.activate(unrolled.mesh, unrolled.rules), _relative_scores(relative_fn):
                 lowered = unrolled.train_step.lower(unrolled.abstract_state, self.arrays, self.book)
                 self.flops_unrolled = _flops(lowered.cost_analysis())
@@ -201,7 +201,7 @@ class Case:
 
     def result(self) -> dict[str, Any]:
         metrics = {k: float(v) for k, v in jax.device_get(self.metrics).items()}
-        if not metrics["finite"]:
+        if not metrics["train/finite"]:
             raise RuntimeError(f"{self.name}: the benchmark step produced a non-finite loss")
         step_s = float(np.median(self.times))
         mem = self.compiled.memory_analysis()
@@ -233,8 +233,8 @@ class Case:
             "fraction_of_matmul_per_step": self.ratios,
             "fraction_of_matmul_per_cpu_second": float(np.median(self.cpu_ratios)),
             "cores_busy": float(np.median(np.asarray(self.cpu_times) / np.asarray(self.times))),
-            "loss": metrics["loss/total"],
-            "selected_fraction": metrics["mask/selected_fraction"],
+            "loss": metrics["train/loss"],
+            "selected_fraction": metrics["train/mask/selected_fraction"],
         }
 
 

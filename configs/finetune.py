@@ -157,8 +157,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.model_from_init = True
     # Allow training without init_from (random encoder): the 'scratch' modifier.
     config.train.from_scratch = scratch
-    # Testing hook: make the loss non-finite at this step (-1: never), to exercise the NaN guard.
-    config.train.inject_nonfinite_at_step = -1
 
     if runlocal:
         config.data.batch_size = 8

@@ -130,8 +130,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.keep_checkpoints = 3
     # Warm start when the workdir holds no checkpoint: a pre-training workdir or an imported checkpoint dir.
     config.train.init_from = ""
-    # Testing hook: make the loss non-finite at this step (-1: never), to exercise the NaN guard.
-    config.train.inject_nonfinite_at_step = -1
     config.optim.total_steps = config.train.get_ref("steps")
 
     if runlocal:

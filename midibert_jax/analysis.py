@@ -148,7 +148,7 @@ class PretrainRun:
         self.run = run_lib.Run.open(workdir)  # read-only: safe on a run still training
         self.steps = self.run.steps
         self.config = run_lib.with_local_mesh(self.run.config)
-        self.trainer = pretrain.Trainer(self.config, workdir)
+        self.trainer = pretrain.Trainer(self.config)
         self.data = pretrain.load_data(self.config.data)
 
     def train_window(self, index: int = -1, search: int = 64) -> tuple[np.ndarray, int]:
@@ -196,9 +196,9 @@ def eval_result(workdir: str, split: str = "test") -> dict:
     """`workdir/eval_<split>.json`, evaluating the workdir first when it is missing."""
     path = paths.resolve(workdir) / paths.eval_file(split)
     if not path.exists():
-        from midibert_jax.train import finetune  # pylint: disable=import-outside-toplevel
+        from midibert_jax import evaluate  # pylint: disable=import-outside-toplevel
 
-        return finetune.evaluate_workdir(workdir, split)
+        return evaluate.evaluate_workdir(workdir, split)
     return paths.read_json(path)
 
 

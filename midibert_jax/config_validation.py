@@ -92,3 +92,30 @@ def validate_pretrain(config: ml_collections.ConfigDict, *, num_devices: int, nu
     _batches(config, mesh, num_processes, problems)
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def validate_finetune(config: ml_collections.ConfigDict, *, num_devices: int, num_processes: int = 1) -> None:
+    """Raises ConfigError listing every problem of a fine-tuning config (configs/finetune.py).
+
+    The optimiser is checked by the trainer, once the step count (epochs x steps per epoch) is known.
+    """
+    from midibert_jax.train import augment  # pylint: disable=import-outside-toplevel
+
+    problems: list[str] = []
+    _positive_ints(config, ["data.batch_size", "data.eval_batch_size", "data.max_len", "train.log_every",
+                            "train.keep_checkpoints", "model.num_layers", "model.num_heads"], problems)
+    try:
+        augment.AugmentConfig.from_config(config.augment)
+    except (ValueError, TypeError, KeyError) as e:
+        problems.append(f"augment: {e}")
+    _model(config.model, problems)
+    mesh = _mesh(config, num_devices, problems)
+    _batches(config, mesh, num_processes, problems)
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_processes: int = 1) -> None:
+    """Checks a pre-training or a fine-tuning config (one with a `task` block); raises ConfigError."""
+    check = validate_finetune if "task" in config else validate_pretrain
+    check(config, num_devices=num_devices, num_processes=num_processes)

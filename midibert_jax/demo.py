@@ -82,6 +82,7 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
 
     from midibert_jax.config_validation import validate_pretrain  # pylint: disable=import-outside-toplevel
     from midibert_jax.data import prepare  # pylint: disable=import-outside-toplevel
+    from midibert_jax import evaluate  # pylint: disable=import-outside-toplevel
     from midibert_jax.train import finetune, pretrain  # pylint: disable=import-outside-toplevel
 
     root = epath.Path(options.workdir)
@@ -114,7 +115,7 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
             workdir = os.fspath(root / "finetune" / f"{task}_{init}")
             print(f"[demo] 2/3 fine-tuning {task} ({init}) -> {workdir}")
             finetune.train_and_evaluate(_finetune_config(options, task, init, max_len, pre_dir), workdir)
-            result = finetune.evaluate_workdir(workdir, "test")
+            result = evaluate.evaluate_workdir(workdir, "test")
             runs[f"{task}_{init}"] = {"workdir": workdir, **{k: result[k] for k in ("task", "accuracy", "macro_f1")},
                                       **({"piece_accuracy": result["piece_accuracy"]} if "piece_accuracy" in result else {})}
 

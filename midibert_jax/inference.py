@@ -34,7 +34,8 @@ from midibert_jax.config_loading import ConfigError
 from midibert_jax.data import windows as windows_lib
 from midibert_jax.model import models
 from midibert_jax.tokenizer import midi_io, quantize, vocab
-from midibert_jax.train import augment, finetune, masking
+from midibert_jax.train import augment, masking
+from midibert_jax.train.task_info import TaskInfo
 
 MidiInput = str | os.PathLike | bytes | pretty_midi.PrettyMIDI
 
@@ -208,7 +209,7 @@ class Predictor:
         params: dict[str, Any],
         *,
         max_len: int | None = None,
-        task: finetune.TaskInfo | None = None,
+        task: TaskInfo | None = None,
         blank_velocity: bool = False,
         batch_size: int = 8,
         source: str = "",
@@ -236,7 +237,7 @@ class Predictor:
         )
         self._probs = None
         if self.task is not None:
-            classifier = finetune.build_model(model_config, self.task)
+            classifier = models.build_classifier(model_config, self.task)
             self._probs = jax.jit(
                 lambda p, t: jax.nn.softmax(classifier.apply({"params": p}, t, masking.non_pad(t), deterministic=True), -1)
             )
@@ -257,9 +258,9 @@ class Predictor:
                 config = run.config_at(step)
                 model_config = config.model
                 max_len = config.data.max_len if "data" in config and "max_len" in config.data else model_config.max_len
-                task = finetune.TaskInfo.from_config(config.task) if "task" in config else None
+                task = TaskInfo.from_config(config.task) if "task" in config else None
                 blank = bool(config.get("augment", {}).get("blank_velocity", False))
-            model = finetune.build_model(model_config, task) if task is not None else models.build_encoder(model_config)
+            model = models.build_classifier(model_config, task) if task is not None else models.build_encoder(model_config)
             abstract = _abstract_params(model, model_config.max_len)
             if task is None:
                 abstract = {"encoder": abstract}
@@ -281,7 +282,7 @@ class Predictor:
         batches = np.concatenate([windows, pad]).reshape((-1, self.batch_size) + windows.shape[1:])
         return np.concatenate([np.asarray(fn(params, jnp.asarray(b))) for b in batches])[:n]
 
-    def _require_task(self, level: str) -> finetune.TaskInfo:
+    def _require_task(self, level: str) -> TaskInfo:
         if self.task is None:
             raise NotAClassifierError(
                 f"{self.source}: no task head (a pre-training run or an imported encoder); fine-tune it first "

@@ -52,8 +52,10 @@ METRIC_ALIASES = {
     "loss/total": "train/loss",
     "acc/mean": "train/accuracy",
     "train/acc": "train/accuracy",
+    "finite": "train/finite",
 }
-METRIC_PREFIX_ALIASES = (("eval/acc/", "eval/accuracy/"), ("acc/", "train/accuracy/"), ("loss/", "train/loss/"))
+METRIC_PREFIX_ALIASES = (("eval/acc/", "eval/accuracy/"), ("acc/", "train/accuracy/"), ("loss/", "train/loss/"),
+                         ("mask/", "train/mask/"), ("masker/", "train/masker/"), ("norm/", "train/norm/"))
 
 
 def canonical_metric(name: str) -> str:

@@ -26,7 +26,7 @@ nb([
  ("md", "# 02 · Pre-training curves\nLoss and per-field masked-token accuracy from `metrics.jsonl`; adversarial masking beside the random-mask baseline when both workdirs are given."),
  ("code", "# Parameters\nworkdir = \"runs/demo/pretrain\"  # an adversarial pre-training workdir\nbaseline_workdir = \"\"  # optional: a masking=random workdir to compare", ["parameters"]),
  ("code", "import matplotlib.pyplot as plt\n\nfrom midibert_jax import analysis\nfrom midibert_jax.tokenizer import vocab\n\nruns = {\"adversarial\": analysis.read_metrics(workdir)}\nif baseline_workdir:\n    runs[\"random\"] = analysis.read_metrics(baseline_workdir)\nfor label, m in runs.items():\n    steps, acc = m[\"eval/accuracy\"]\n    print(f\"{label:12s} eval accuracy: \" + \", \".join(f\"step {s}: {a:.3f}\" for s, a in zip(steps, acc)))"),
- ("code", "fig, axes = plt.subplots(1, 3, figsize=(15, 3.5))\nanalysis.plot_curves(axes, runs, [\"train/loss\", \"eval/accuracy\", \"mask/selected_fraction\"])\nplt.tight_layout()\nplt.show()"),
+ ("code", "fig, axes = plt.subplots(1, 3, figsize=(15, 3.5))\nanalysis.plot_curves(axes, runs, [\"train/loss\", \"eval/accuracy\", \"train/mask/selected_fraction\"])\nplt.tight_layout()\nplt.show()"),
  ("code", "fig, axes = plt.subplots(2, 4, figsize=(16, 6), sharex=True)\nanalysis.plot_curves(axes, runs, [f\"eval/accuracy/{f}\" for f in vocab.FIELDS])\nplt.tight_layout()\nplt.show()"),
 ], "notebooks/02_pretraining.ipynb")
 
@@ -35,7 +35,7 @@ nb([
  ("code", "# Parameters\nworkdir = \"runs/demo/pretrain\"  # an adversarial pre-training workdir\nwindow = -1  # training window to show; -1: the one with the most notes among the first 64", ["parameters"]),
  ("code", "import matplotlib.pyplot as plt\nimport numpy as np\n\nfrom midibert_jax import analysis\n\nrun = analysis.PretrainRun(workdir)\nprint(\"checkpoints:\", run.steps)\ntokens, index = run.train_window(window)\nprint(f\"window {index}: {int((tokens[:, 0] != 256).sum())} notes\")"),
  ("code", "views = [run.masker_view(step, tokens, index) for step in run.steps]\nfig, axes = plt.subplots(len(views), 3, figsize=(16, 3.2 * len(views)), squeeze=False)\nfor row, v in zip(axes, views):\n    analysis.piano_roll(row[0], tokens, values=v[\"scores\"], vmin=0, vmax=1, title=f\"step {v['step']}: masker score\")\n    analysis.piano_roll(row[1], tokens, values=v[\"selected\"].astype(float), cmap=\"coolwarm\", vmin=0, vmax=1,\n                        title=f\"masked by the policy: {int(v['selected'].sum())} notes\")\n    analysis.piano_roll(row[2], tokens, values=v[\"frozen\"].astype(float), cmap=\"Greys\", vmin=-0.3, vmax=1,\n                        title=f\"frozen in the mask book: {int(v['frozen'].sum())} notes\")\nplt.tight_layout()\nplt.show()"),
- ("code", "m = analysis.read_metrics(workdir)\nfig, axes = plt.subplots(1, 3, figsize=(15, 3.2))\nanalysis.plot_curves(axes, {\"adversarial\": m}, [\"mask/frozen_fraction\", \"masker/mean_score\", \"masker/entropy\"])\nplt.tight_layout()\nplt.show()"),
+ ("code", "m = analysis.read_metrics(workdir)\nfig, axes = plt.subplots(1, 3, figsize=(15, 3.2))\nanalysis.plot_curves(axes, {\"adversarial\": m}, [\"train/mask/frozen_fraction\", \"train/masker/mean_score\", \"train/masker/entropy\"])\nplt.tight_layout()\nplt.show()"),
 ], "notebooks/03_masker.ipynb")
 
 nb([

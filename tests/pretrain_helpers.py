@@ -181,10 +181,10 @@ def read_metrics(workdir: os.PathLike) -> list[dict[str, Any]]:
 
 
 def train_records(workdir: os.PathLike) -> dict[int, dict[str, Any]]:
-    """step -> the last training record ('loss/total' present) written for it, without times and rates."""
+    """step -> the last training record ('train/loss' present) written for it, without times and rates."""
     out = {}
     for r in read_metrics(workdir):
-        if "loss/total" in r:
+        if "train/loss" in r:
             out[r["step"]] = {k: v for k, v in r.items() if k != "time" and not k.startswith("perf/")}
     return out
 
@@ -192,7 +192,7 @@ def train_records(workdir: os.PathLike) -> dict[int, dict[str, Any]]:
 def eval_records(workdir: os.PathLike) -> dict[int, dict[str, Any]]:
     out = {}
     for r in read_metrics(workdir):
-        if "eval/acc/mean" in r:
+        if "eval/accuracy" in r:
             out[r["step"]] = {k: v for k, v in r.items() if k != "time"}
     return out
 
@@ -225,7 +225,7 @@ def dump_checkpoint(config, workdir: str, out: str, step: int | None = None) -> 
     """
     from midibert_jax.train import checkpointing, pretrain  # pylint: disable=import-outside-toplevel
 
-    trainer = pretrain.Trainer(config, workdir)
+    trainer = pretrain.Trainer(config)
     data = pretrain.load_data(config.data)
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=1, keep_last=100)
     book = np.zeros((len(data.train), config.model.max_len // 8), np.uint8)
@@ -255,24 +255,37 @@ def jax_leaves(tree):
     return jax.tree_util.tree_leaves(tree)
 
 
-def _stalling(train_iterator, stall_at: int, marker: str):
-    """Wraps pipeline.train_iterator: asking for batch `stall_at` (0-based step) blocks forever."""
+def _stalling(stall_at: int, marker: str):
+    """A `wrap_batches` for train_and_evaluate: asking for batch `stall_at` (0-based step) blocks forever."""
 
-    def wrapped(*args, start_step: int = 0, **kwargs):
-        it = train_iterator(*args, start_step=start_step, **kwargs)
+    def wrap(it, start_step: int):
+        step = start_step
+        while True:
+            if step >= stall_at:
+                pathlib.Path(marker).write_text(str(step))
+                time.sleep(3600)
+            yield next(it)
+            step += 1
 
-        def batches():
-            step = start_step
-            while True:
-                if step >= stall_at:
-                    pathlib.Path(marker).write_text(str(step))
-                    time.sleep(3600)
-                yield next(it)
-                step += 1
+    return wrap
 
-        return batches()
 
-    return wrapped
+def nonfinite_at(bad_step: int):
+    """A `wrap_step` for train_and_evaluate: the update of state.step == bad_step sees NaN parameters, so its
+    loss and gradients are not finite (the step's own check flags it); the state is kept as it was."""
+    import jax  # pylint: disable=import-outside-toplevel
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+    def wrap(step):
+        def train_step(state, batch, *rest):
+            bad = state.step == bad_step
+            poisoned = state.replace(params=jax.tree_util.tree_map(lambda p: jnp.where(bad, jnp.nan, p), state.params))
+            new, metrics = step(poisoned, batch, *rest)
+            return jax.tree_util.tree_map(lambda n, o: jnp.where(bad, o, n), new, state), metrics
+
+        return train_step
+
+    return wrap
 
 
 # jax.monitoring events (jax/_src/dispatch.py): one per trace of a jitted function, one per XLA compilation
@@ -302,25 +315,26 @@ def _step_counts() -> dict[str, int]:
 
 
 def cmd_train(args: dict[str, Any]) -> dict[str, Any]:
-    from midibert_jax.train import pretrain  # pylint: disable=import-outside-toplevel
+    from midibert_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+    from midibert_jax.train import nonfinite, pretrain  # pylint: disable=import-outside-toplevel
 
     config = _config(args)
     workdir = args["workdir"]
     out: dict[str, Any] = {}
     if args.get("dump_initial"):
         out["initial"] = dump_checkpoint(config, workdir, args["dump_initial"])
-    if args.get("stall_at") is not None:
-        pretrain.pipeline.train_iterator = _stalling(pretrain.pipeline.train_iterator, args["stall_at"], args["marker"])
+    stall = _stalling(args["stall_at"], args["marker"]) if args.get("stall_at") is not None else None
+    poison = nonfinite_at(args["nonfinite_at"]) if args.get("nonfinite_at") is not None else None
     before = _step_counts()
     try:
-        result = pretrain.train_and_evaluate(config, workdir)
+        result = pretrain.train_and_evaluate(config, workdir, wrap_step=poison, wrap_batches=stall)
         out["result"] = {k: v for k, v in result.items() if isinstance(v, (int, float))}
-    except pretrain.NonFiniteLossError as e:
+    except nonfinite.NonFiniteLossError as e:
         out["error"] = {"type": type(e).__name__, "message": str(e)}
         step = args.get("expected_bad_step")
         if step is not None:  # the batch of that step, read again independently of the failed run
             data = pretrain.load_data(config.data)
-            it = pretrain.pipeline.train_iterator(
+            it = pipeline.train_iterator(
                 data.train, global_batch_size=config.data.batch_size, seed=config.seed, start_step=step,
                 num_threads=1, prefetch=1,
             )
@@ -338,14 +352,15 @@ def cmd_sharded(args: dict[str, Any]) -> dict[str, Any]:
     import jax  # pylint: disable=import-outside-toplevel
 
     from midibert_jax import sharding  # pylint: disable=import-outside-toplevel
+    from midibert_jax.data import pipeline  # pylint: disable=import-outside-toplevel
     from midibert_jax.train import mask_book, pretrain  # pylint: disable=import-outside-toplevel
 
     config = _config(args)
     data = pretrain.load_data(config.data)
     assert jax.device_count() == 8, jax.devices()
-    big = pretrain.Trainer(config, args["workdir"])
+    big = pretrain.Trainer(config)
     one_mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
-    one = pretrain.Trainer(config, args["workdir"], mesh=one_mesh)
+    one = pretrain.Trainer(config, mesh=one_mesh)
     out: dict[str, Any] = {"mesh": {k: int(v) for k, v in big.mesh.shape.items()}}
 
     state_big = big.init_state()
@@ -358,7 +373,7 @@ def cmd_sharded(args: dict[str, Any]) -> dict[str, Any]:
     book_np = mask_book.pack(rng.random((len(data.train), config.model.max_len)) < 0.3)
     out["book_frozen_bits"] = int(mask_book.count_frozen(book_np))
     book_big, book_one = big.put_book(book_np), one.put_book(book_np)
-    it = pretrain.pipeline.train_iterator(
+    it = pipeline.train_iterator(
         data.train, global_batch_size=config.data.batch_size, seed=config.seed, num_threads=1, prefetch=1
     )
     steps = []
@@ -383,7 +398,7 @@ def cmd_sharded(args: dict[str, Any]) -> dict[str, Any]:
     )
     out["params_changed"] = float(max(np.max(np.abs(a[k] - _flat(host)[k])) for k in a if k.startswith("params/")))
     # A mask-book refresh (masker scores + per-window top-k freezing) under both shardings.
-    eval_batch = next(pretrain.pipeline.eval_iterator(data.train, global_batch_size=config.data.eval_batch_size,
+    eval_batch = next(pipeline.eval_iterator(data.train, global_batch_size=config.data.eval_batch_size,
                                                       num_threads=1, prefetch=1))
     key = jax.random.key(7)
     with sharding.activate(big.mesh, big.rules):

@@ -111,3 +111,77 @@ def test_vocabulary_mismatch_is_refused(tmp_path):
     with pytest.raises(ValueError, match="vocab_sizes"):
         ck.restore(_abstract(s))
     ck.close()
+
+
+def test_items_are_declared_per_objective(tmp_path):
+    """Fine-tuning's items: state, early_stopping, config (and version); no mask book, no data item."""
+    from midibert_jax.train import finetune
+
+    s = _state()
+    record = {**finetune.new_record(), "best_accuracy": 0.5, "best_step": 3}
+    ck = checkpointing.Checkpointer(str(tmp_path), save_every=1, keep_last=2, items=finetune.ITEMS)
+    with pytest.raises(ValueError, match="mask_book"):
+        ck.save(3, state=s, mask_book=_book(3), early_stopping=record, config={})
+    ck.save_now(3, state=s.replace(step=jnp.int32(3)), early_stopping=record, config={"seed": 1})
+    assert sorted(p.name for p in (pathlib.Path(tmp_path) / "3").iterdir() if p.is_dir()) == [
+        "config", "early_stopping", "state", "version"]
+    r = ck.restore(_abstract(s))
+    assert r.step == 3 and r.items["early_stopping"] == record and r.mask_book is None and r.data == {}
+    assert finetune.restored_record(r, 3) == record
+    ck.close()
+
+
+def _format1(s, **extras):
+    """A state as format 1 saved it: TrainState's fields, with the extras beside them."""
+    return {"step": s.step, "params": s.params, "opt_state": s.opt_state, "rng": s.rng, **extras}
+
+
+def test_an_old_fine_tuning_checkpoint_is_migrated(tmp_path, monkeypatch):
+    """Format 1 fine-tuning steps held a dummy mask book and the early-stopping record in `data`."""
+    from midibert_jax.train import finetune
+
+    s = _state()
+    legacy = {"next_index": 4, "best_accuracy": 0.75, "best_loss": 0.5, "best_step": 4, "bad_evals": 0, "stopped": ""}
+    monkeypatch.setattr(checkpointing, "FORMAT_VERSION", 1)
+    with checkpointing.Checkpointer(str(tmp_path), save_every=1, keep_last=2) as old:
+        old.save_now(4, state=_format1(s.replace(step=jnp.int32(4))), mask_book=np.zeros((1, 1), np.uint8),
+                     data=legacy, config={})
+    monkeypatch.undo()
+    with checkpointing.Checkpointer(str(tmp_path), save_every=1, keep_last=2, items=finetune.ITEMS) as ck:
+        r = ck.restore(_abstract(s))
+    assert r.step == 4 and isinstance(r.state, state.TrainState) and int(r.state.step) == 4 and r.state.extras == {}
+    assert r.version["format"] == 1
+    jax.tree.map(np.testing.assert_array_equal, r.state.opt_state, s.opt_state)
+    record = finetune.restored_record(r, 4)
+    assert record == {k: v for k, v in legacy.items() if k != "next_index"}
+    with pytest.raises(RuntimeError, match="data position"):
+        finetune.restored_record(r, 5)
+
+
+def test_an_old_pretraining_checkpoint_is_migrated(tmp_path, monkeypatch):
+    """Format 1 pre-training states kept the field weights beside the parameters, not in `extras`."""
+    s = _state().replace(extras={"field_weights": jnp.ones(8)})
+    weights = jnp.arange(8.0)
+    monkeypatch.setattr(checkpointing, "FORMAT_VERSION", 1)
+    with checkpointing.Checkpointer(str(tmp_path), save_every=1, keep_last=2) as old:
+        old.save_now(2, state=_format1(s.replace(step=jnp.int32(2)), field_weights=weights), mask_book=_book(2),
+                     data={"epoch": 1, "position": 2}, config={})
+    monkeypatch.undo()
+    with checkpointing.Checkpointer(str(tmp_path), save_every=1, keep_last=2) as ck:
+        r = ck.restore(_abstract(s), mask_book_target=_book(0))
+    assert int(r.state.step) == 2 and r.data == {"epoch": 1, "position": 2}
+    np.testing.assert_array_equal(r.state.extras["field_weights"], weights)
+    np.testing.assert_array_equal(r.mask_book, _book(2))
+    jax.tree.map(np.testing.assert_array_equal, r.state.params, s.params)
+
+
+def test_a_newer_format_is_refused_naming_it(tmp_path, monkeypatch):
+    s = _state()
+    monkeypatch.setattr(checkpointing, "FORMAT_VERSION", checkpointing.FORMAT_VERSION + 1)
+    with checkpointing.Checkpointer(str(tmp_path), save_every=1, keep_last=2) as new:
+        _save(new, 2, s)
+        new.wait()
+    monkeypatch.undo()
+    with checkpointing.Checkpointer(str(tmp_path), save_every=1, keep_last=2) as ck:
+        with pytest.raises(checkpointing.CheckpointFormatError, match=rf"step 2 in {tmp_path} has format 3"):
+            ck.restore(_abstract(s))

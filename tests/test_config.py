@@ -4,7 +4,7 @@ import pytest
 
 from midibert_jax import cli
 from midibert_jax.config_loading import ConfigError, apply_override, load_config, load_with_overrides, split_overrides
-from midibert_jax.config_validation import validate_pretrain
+from midibert_jax.config_validation import validate, validate_pretrain
 
 
 def test_variants_load_and_validate():
@@ -85,3 +85,34 @@ def test_pretrain_command_validates_before_building_anything(tmp_path, capsys):
     assert code == 2
     assert "data.batch_size must be a positive integer" in capsys.readouterr().err
     assert not (tmp_path / "tfds").exists() and not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides,devices,processes,message",
+    [
+        ([("mesh.fsdp", "3")], 8, 1, "mesh .* does not fit 8 device"),
+        ([("mesh.fsdp", "4"), ("data.batch_size", "6")], 8, 1, r"data.batch_size=6 must be a multiple of 8"),
+        ([("data.eval_batch_size", "3")], 2, 1, r"data.eval_batch_size=3 must be a multiple of 2"),
+        ([("data.batch_size", "0")], 1, 1, "data.batch_size must be a positive integer"),
+        ([("model.num_heads", "5")], 1, 1, "is not divisible by model.num_heads 5"),
+    ],
+)
+def test_fine_tuning_configs_are_validated_too(overrides, devices, processes, message):
+    config = load_with_overrides("configs/finetune.py:melody,scratch", overrides)
+    with pytest.raises(ConfigError, match=message):
+        validate(config, num_devices=devices, num_processes=processes)
+    validate(load_config("configs/finetune.py:melody,scratch"), num_devices=devices, num_processes=1)
+
+
+def test_train_and_evaluate_validates_before_building_anything(tmp_path):
+    """Both kinds, called as a library (a notebook), not only through the command."""
+    from midibert_jax.train import finetune, pretrain
+
+    config = load_with_overrides("configs/finetune.py:melody,scratch", [("data.batch_size", "0")])
+    with pytest.raises(ConfigError, match="data.batch_size must be a positive integer"):
+        finetune.train_and_evaluate(config, str(tmp_path / "f"), data=finetune.Data([], []))
+    config = load_with_overrides("configs/pretrain.py:tiny", [("data.batch_size", "0"),
+                                                             ("data.data_dir", str(tmp_path / "tfds"))])
+    with pytest.raises(ConfigError, match="data.batch_size must be a positive integer"):
+        pretrain.train_and_evaluate(config, str(tmp_path / "p"))
+    assert not (tmp_path / "f").exists() and not (tmp_path / "p").exists() and not (tmp_path / "tfds").exists()

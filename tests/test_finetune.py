@@ -11,16 +11,20 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+from pretrain_helpers import nonfinite_at
 
 from midibert_jax import config_loading
+from midibert_jax import evaluate as evaluation
 from midibert_jax.config_loading import ConfigError
 from midibert_jax.tokenizer import vocab
 from midibert_jax.train import classification_metrics as cm_lib
-from midibert_jax.train import finetune, warm_start
+from midibert_jax.run import Run
+from midibert_jax.train import finetune, nonfinite, warm_start
+from midibert_jax.train.task_info import TaskInfo
 
 L = 32
-NOTE_TASK = finetune.TaskInfo("melody", "note", ("MELODY", "BRIDGE", "PIANO"))
-SEQ_TASK = finetune.TaskInfo("composer", "sequence", ("a", "b", "c"))
+NOTE_TASK = TaskInfo("melody", "note", ("MELODY", "BRIDGE", "PIANO"))
+SEQ_TASK = TaskInfo("composer", "sequence", ("a", "b", "c"))
 
 
 def tiny_model(model: ml_collections.ConfigDict) -> None:
@@ -194,8 +198,8 @@ def test_note_training_resumes_keeps_the_best_and_stops_early(note_run):
     assert evals[6] == evals[4]  # learning rate 0
     best_step = max(sorted(evals), key=lambda s: (evals[s], -s))
     assert second["best_step"] == best_step and second["best_accuracy"] == pytest.approx(evals[best_step])
-    assert warm_start.find_step(workdir, "best")[1] == best_step
-    assert warm_start.find_step(workdir, "latest")[1] == 6
+    with Run.open(workdir) as run:
+        assert run.best_step == best_step and run.latest_step == 6
     saved = json.load(open(os.path.join(workdir, "config.json")))
     assert saved["task"]["level"] == "note" and saved["task"]["class_names"] == list(NOTE_TASK.class_names)
     # Stopped early: running again does nothing.
@@ -207,8 +211,8 @@ def test_note_training_resumes_keeps_the_best_and_stops_early(note_run):
 
 def test_evaluation_is_deterministic_and_written(note_run):
     workdir, data, _, second = note_run
-    a = finetune.evaluate_workdir(workdir, "validation", source=data.valid)
-    b = finetune.evaluate_workdir(workdir, "validation", source=data.valid)
+    a = evaluation.evaluate_workdir(workdir, "validation", source=data.valid)
+    b = evaluation.evaluate_workdir(workdir, "validation", source=data.valid)
     assert a == b
     assert a["step"] == second["best_step"] and a["accuracy"] == pytest.approx(second["best_accuracy"])
     with open(os.path.join(workdir, "eval_validation.json"), encoding="utf-8") as f:
@@ -225,13 +229,13 @@ def test_evaluation_is_deterministic_and_written(note_run):
 def test_reference_evaluation_is_repeatable(note_run):
     """The reference's masking and pitch shift at evaluation use a fixed key: two evaluations agree."""
     workdir, data, _, _ = note_run
-    config, step = finetune.load_run_config(workdir)
+    config, step = evaluation.read_run(workdir)
     config.augment.eval_mask = config.augment.eval_pitch_shift = True
     trainer = finetune.FinetuneTrainer(config, NOTE_TASK)
-    params = finetune.restore_params(workdir, step, trainer.abstract_state.params)
+    params = evaluation.restore_params(workdir, step, trainer.abstract_state.params)
     a, b = trainer.evaluate(params, data.valid), trainer.evaluate(params, data.valid)
     assert a == b
-    clean = finetune.evaluate_workdir(workdir, "validation", source=data.valid, write=False)
+    clean = evaluation.evaluate_workdir(workdir, "validation", source=data.valid, write=False)
     assert a["count"] < clean["count"]  # the masked notes are left out
 
 
@@ -247,16 +251,16 @@ def test_sequence_task_classifies_windows_and_pieces(tmp_path):
     assert last["count"] == 12 and last["num_pieces"] == 4
     for key in ("accuracy", "window_accuracy", "piece_accuracy", "macro_f1", "piece_confusion_matrix"):
         assert key in last
-    evaluated = finetune.evaluate_workdir(str(tmp_path), "test", source=data.valid)
+    evaluated = evaluation.evaluate_workdir(str(tmp_path), "test", source=data.valid)
     assert evaluated["piece_accuracy"] == last["piece_accuracy"] and evaluated["accuracy"] == last["accuracy"]
     assert os.path.exists(tmp_path / "eval_test.json") and os.path.exists(tmp_path / "eval_test_piece_confusion.png")
 
 
 def test_a_nonfinite_loss_stops_fine_tuning_naming_the_step_and_saves_nothing_after_it(tmp_path):
     data = finetune.Data(make_source(32, "note"), make_source(8, "note", seed=1))
-    config = tiny_config("melody,scratch", steps=8, eval_every=2, patience=0, inject_nonfinite_at_step=3)
-    with pytest.raises(finetune.NonFiniteLossError, match=r"at step 3 \(batch of examples \[") as raised:
-        finetune.train_and_evaluate(config, str(tmp_path), data=data, task=NOTE_TASK)
+    config = tiny_config("melody,scratch", steps=8, eval_every=2, patience=0)
+    with pytest.raises(nonfinite.NonFiniteLossError, match=r"at step 3 \(batch of examples \[") as raised:
+        finetune.train_and_evaluate(config, str(tmp_path), data=data, task=NOTE_TASK, wrap_step=nonfinite_at(3))
     # The step's 8 examples are named; the only checkpoint is the evaluation's at step 2, before the bad step.
     assert len(raised.value.args[0].split("[")[1].split("]")[0].split(",")) == 8
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [2]
@@ -273,7 +277,7 @@ def _pretrain_workdir(path, metric=0.5):
     config.unlock()
     tiny_model(config.model)
     config.data.max_len = L
-    trainer = pretrain.Trainer(config, str(path))
+    trainer = pretrain.Trainer(config)
     # Random values (not what an init with any seed gives), built on the host: no compilation.
     state = random_state(trainer.abstract_state, seed=1)
     with checkpointing.Checkpointer(os.path.join(path, "checkpoints"), save_every=1, keep_last=2,
@@ -342,12 +346,12 @@ def test_init_from_an_imported_checkpoint(pretrain_run, tmp_path):
 def test_pretrain_workdir_evaluation(pretrain_run):
     path, _, _, _ = pretrain_run
     source = [{k: v for k, v in e.items() if k != "labels"} for e in make_source(8, "note", seed=3)]
-    result = finetune.evaluate_workdir(path, source=source)
+    result = evaluation.evaluate_workdir(path, source=source)
     assert result["kind"] == "pretrain" and result["step"] == 7
     for field in vocab.FIELDS:
-        assert 0.0 <= result[f"eval/acc/{field}"] <= 1.0
+        assert 0.0 <= result[f"eval/accuracy/{field}"] <= 1.0
     with open(os.path.join(path, "eval_validation.json"), encoding="utf-8") as f:
-        assert json.load(f)["eval/acc/mean"] == pytest.approx(result["eval/acc/mean"])
+        assert json.load(f)["eval/accuracy"] == pytest.approx(result["eval/accuracy"])
 
 
 def test_workdir_without_checkpoint_is_a_clear_error(tmp_path):
@@ -357,7 +361,7 @@ def test_workdir_without_checkpoint_is_a_clear_error(tmp_path):
     empty.mkdir()
     for workdir in (empty, tmp_path / "missing"):
         with pytest.raises(FileNotFoundError, match=f"{workdir}: no checkpoint found"):
-            finetune.evaluate_workdir(str(workdir))
+            evaluation.evaluate_workdir(str(workdir))
     (empty / "checkpoints").mkdir()
     with pytest.raises(FileNotFoundError, match="no checkpoint found"):
         evaluate.run(_namespace(workdir=str(empty), split=None, step="best", max_batches=0))

@@ -129,8 +129,13 @@ def test_fraction_and_schedule():
     nonpad = np.ones((2, 16), bool)
     assert float(mask_book.batch_frozen_fraction(frozen, nonpad)) == 4 / 32
     assert mask_book.frozen_fraction(mask_book.pack(frozen), 32) == 4 / 32
-    assert [mask_book.update_due(e, CFG) for e in range(11)] == [e in (5, 10) for e in range(11)]
-    assert not mask_book.update_due(5, dataclasses.replace(CFG, every=0))
+    epochs = dataclasses.replace(CFG, unit="epoch")
+    assert [mask_book.update_due(e, 1, epochs) for e in range(11)] == [e // 5 if e in (5, 10) else None for e in range(11)]
+    # 3 steps per epoch: refreshed after epochs 5 and 10 (steps 15, 30), numbered 1 and 2.
+    assert {s: mask_book.update_due(s, 3, epochs) for s in range(1, 31) if mask_book.update_due(s, 3, epochs)} == {15: 1, 30: 2}
+    steps = dataclasses.replace(CFG, unit="step", every=2)
+    assert [mask_book.update_due(s, 3, steps) for s in range(1, 7)] == [None, 1, None, 2, None, 3]
+    assert mask_book.update_due(5, 1, dataclasses.replace(epochs, every=0)) is None
 
 
 def test_scatter_skips_invalid_rows():

@@ -4,7 +4,6 @@ evaluation. Each notebook must run without error and render its figures."""
 
 import base64
 import io
-import os
 import pathlib
 import subprocess
 import sys

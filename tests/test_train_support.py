@@ -11,7 +11,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from midibert_jax.train import metrics, optim, preemption, state
+from midibert_jax.train import metrics, nonfinite, optim, preemption, state
+
+GROUPS = ("encoder", "recoverer", "masker")
 
 
 def _optim_config(**overrides):
@@ -57,8 +59,9 @@ def test_schedules():
 
 def test_train_state_apply_gradients_clips_and_decays():
     tx, _ = optim.make_optimizer(_optim_config(decay_bias_and_norm=False, weight_decay=0.5))
-    s = state.TrainState.create(params=_params(), tx=tx, seed=0)
-    assert s.rng.dtype == jnp.uint32 and s.field_weights.shape == (8,)
+    s = state.TrainState.create(params=_params(), tx=tx, seed=0, extras={"field_weights": jnp.full((8,), 0.125)},
+                                groups=GROUPS)
+    assert s.rng.dtype == jnp.uint32 and s.extras["field_weights"].shape == (8,)
     zero = jax.tree.map(jnp.zeros_like, s.params)
     s1 = jax.jit(lambda st, g: st.apply_gradients(g))(s, zero)
     assert int(s1.step) == 1
@@ -70,7 +73,26 @@ def test_train_state_apply_gradients_clips_and_decays():
     assert np.all(np.abs(np.asarray(s2.params["masker"]["kernel"]) - 1) < 2e-3)
     assert not jnp.array_equal(s.step_key(), s1.step_key())
     with pytest.raises(ValueError):
-        state.TrainState.create(params={"encoder": {}}, tx=tx, seed=0)
+        state.TrainState.create(params={"encoder": {}}, tx=tx, seed=0, groups=GROUPS)
+
+
+@pytest.mark.parametrize("bad", ["loss", "grads"])
+def test_guarded_update_keeps_the_state_when_the_loss_or_gradients_are_not_finite(bad):
+    tx, _ = optim.make_optimizer(_optim_config())
+    s = state.TrainState.create(params=_params(), tx=tx, seed=0)
+    grads = jax.tree.map(jnp.ones_like, s.params)
+    new, norm, finite = nonfinite.guarded_update(s, jnp.float32(1.0), grads)
+    assert bool(finite) and int(new.step) == 1 and float(norm) > 0
+    if bad == "loss":
+        new, _, finite = jax.jit(nonfinite.guarded_update)(s, jnp.float32(np.nan), grads)
+    else:
+        grads["encoder"]["kernel"] = grads["encoder"]["kernel"].at[0, 0].set(np.inf)
+        new, _, finite = jax.jit(nonfinite.guarded_update)(s, jnp.float32(1.0), grads)
+    assert not bool(finite)
+    for a, b in zip(jax.tree_util.tree_leaves(new), jax.tree_util.tree_leaves(s)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(nonfinite.NonFiniteLossError, match=r"at step 7 \(batch of examples \[3, 4\]\)"):
+        nonfinite.check_finite(7, np.array([3, 4]), {nonfinite.FLAG: finite})
 
 
 def test_metrics_writer_and_rate(tmp_path):

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_loading.load_with_overrides(args.config, args.config_overrides)
     validate_pretrain(config, num_devices=jax.device_count(), num_processes=jax.process_count())
-    trainer = Trainer(config, workdir="")
+    trainer = Trainer(config)
     report = trainer.compile_report(args.num_windows)
     mesh = dict(trainer.mesh.shape)
     per_device_batch = config.data.batch_size // (mesh["data"] * mesh["fsdp"])

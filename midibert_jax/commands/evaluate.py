@@ -39,10 +39,10 @@ def run(args: argparse.Namespace) -> int:
     from midibert_jax import distributed  # pylint: disable=import-outside-toplevel
 
     distributed.initialize_from_environment()
+    from midibert_jax import evaluate  # pylint: disable=import-outside-toplevel
     from midibert_jax.run import canonical_metric  # pylint: disable=import-outside-toplevel
-    from midibert_jax.train import finetune  # pylint: disable=import-outside-toplevel
 
-    result = finetune.evaluate_workdir(args.workdir, args.split, which=args.step, max_batches=args.max_batches)
+    result = evaluate.evaluate_workdir(args.workdir, args.split, which=args.step, max_batches=args.max_batches)
     if result.get("kind") == "pretrain":
         scalars = {canonical_metric(k): v for k, v in result.items() if isinstance(v, float)}
         fields = " ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in scalars.items() if k.startswith("eval/accuracy/"))

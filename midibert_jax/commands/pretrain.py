@@ -20,15 +20,10 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_loading.load_with_overrides(args.config, args.config_overrides)
     distributed.initialize_from_environment()
-    import jax  # pylint: disable=import-outside-toplevel
-
-    from midibert_jax.config_validation import validate_pretrain  # pylint: disable=import-outside-toplevel
     from midibert_jax.train import pretrain  # pylint: disable=import-outside-toplevel
 
-    validate_pretrain(config, num_devices=jax.device_count(), num_processes=jax.process_count())
-
     result = pretrain.train_and_evaluate(config, args.workdir)
-    if "eval/acc/mean" in result:
-        print(f"[pretrain] done: eval accuracy {result['eval/acc/mean']:.4f}; checkpoints in "
+    if "eval/accuracy" in result:
+        print(f"[pretrain] done: eval accuracy {result['eval/accuracy']:.4f}; checkpoints in "
               f"{args.workdir}/checkpoints, metrics in {args.workdir}/metrics.jsonl")
     return 0

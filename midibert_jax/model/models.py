@@ -176,6 +176,13 @@ def build_sequence_classifier(config: ml_collections.ConfigDict, num_classes: in
     )
 
 
+def build_classifier(config: ml_collections.ConfigDict, task) -> TokenClassifier | SequenceClassifier:
+    """TokenClassifier (`task.level` 'note') or SequenceClassifier ('sequence') with `task.num_classes` outputs."""
+    if task.level == "note":
+        return build_token_classifier(config, task.num_classes)
+    return build_sequence_classifier(config, task.num_classes)
+
+
 def example_tokens(batch: int, length: int) -> jnp.ndarray:
     """[batch, length, 8] int32 of EOS rows: a valid, fully attended input for init and eval_shape."""
     return jnp.broadcast_to(jnp.asarray(vocab.EOS_ROW, jnp.int32), (batch, length, vocab.NUM_FIELDS))

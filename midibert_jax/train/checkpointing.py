@@ -1,11 +1,20 @@
-"""Checkpoints: an orbax CheckpointManager with five items per step.
+"""Checkpoints: an orbax CheckpointManager with the named items an objective declares, plus `version`.
 
+Pre-training (`PRETRAIN_ITEMS`, the default):
   state      the TrainState pytree (params of encoder, recoverer and masker; optimiser state; rng;
-             field weights), saved sharded, restored onto the shardings of an abstract target
+             extras: field weights), saved sharded, restored onto the shardings of an abstract target
   mask_book  {"bits": uint8 [num_windows, L / 8]} (numpy or jax array)
   data       the data-iterator state (JSON), so a resumed run sees the same batches
   config     the run's config (JSON), for the record
-  version    vocabulary sizes, field order and code version (JSON), checked on restore
+Fine-tuning (train/finetune.ITEMS): state, early_stopping (its record, JSON), config.
+Always:
+  version    vocabulary sizes, field order, checkpoint format and code version (JSON), checked on restore
+
+Format 1 (before TrainState.extras) stored the state as {step, params, opt_state, rng, <extras...>}
+(pre-training's field weights beside the parameters, fine-tuning had none): it is restored into the
+current TrainState; the old items (a fine-tuning step's dummy mask book, its early-stopping record in
+`data`) are read as they are, for the objective to migrate. A newer format is refused
+(`CheckpointFormatError`, naming the step and folder).
 
 Saving is asynchronous (`save` returns once the arrays are copied off the device); `save_now` forces a
 save and waits, for SIGTERM. Every process must call `save`, `save_now` and `restore` (orbax
@@ -29,13 +38,27 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from midibert_jax.tokenizer import vocab
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-ITEMS = ("state", "mask_book", "data", "config", "version")
+FORMAT_VERSION = 2
+ARRAYS, JSON = "arrays", "json"
+PRETRAIN_ITEMS = {"state": ARRAYS, "mask_book": ARRAYS, "data": JSON, "config": JSON}
+# Items older checkpoints may hold besides the declared ones; restored when present, for migrations.
+LEGACY_ITEMS = {"mask_book": ARRAYS, "data": JSON}
+
+
+class CheckpointFormatError(ValueError):
+    """A checkpoint step was written in a format this code cannot read; the message names it."""
+
+
+def _format1_state(abstract_state: Any) -> dict[str, Any]:
+    """The restore target of a format-1 state: TrainState's fields with the extras beside them."""
+    fields = ("step", "params", "opt_state", "rng")
+    return {**{f: getattr(abstract_state, f) for f in fields}, **abstract_state.extras}
 
 
 def version_info() -> dict[str, Any]:
@@ -66,14 +89,31 @@ def _jsonable(obj: Any) -> Any:
 
 @dataclasses.dataclass
 class Restored:
-    """What `Checkpointer.restore` returns."""
+    """What `Checkpointer.restore` returns: every item found in the step, by name, in `items`."""
 
     step: int
-    state: Any
-    mask_book: Any  # uint8 [num_windows, L / 8], numpy or jax depending on the target
-    data: dict[str, Any]
-    config: dict[str, Any]
-    version: dict[str, Any]
+    items: dict[str, Any]
+
+    @property
+    def state(self) -> Any:
+        return self.items["state"]
+
+    @property
+    def mask_book(self) -> Any:
+        """uint8 [num_windows, L / 8], numpy or jax depending on the target (None when not saved)."""
+        return self.items.get("mask_book")
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return self.items.get("data", {})
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.items.get("config", {})
+
+    @property
+    def version(self) -> dict[str, Any]:
+        return self.items.get("version", {})
 
 
 class Checkpointer:
@@ -88,9 +128,12 @@ class Checkpointer:
         best_metric: str | None = None,
         best_mode: str = "max",
         async_save: bool = True,
+        items: Mapping[str, str] | None = None,
     ):
         """
         Args:
+          items: name -> ARRAYS (a pytree saved sharded) or JSON, the items `save` takes (default
+            PRETRAIN_ITEMS); `version` is added.
           save_every: `save` (not forced) writes only at steps that are multiples of this.
           keep_last: number of most recent steps kept.
           best_metric: key of the `metrics` dict passed to `save` that ranks steps; the best one is kept too.
@@ -121,12 +164,13 @@ class Checkpointer:
             create=True,
             cleanup_tmp_directories=True,
         )
+        self.items = dict(PRETRAIN_ITEMS if items is None else items)
+        if "state" not in self.items or "version" in self.items:
+            raise ValueError(f"checkpoint items need 'state' and must not name 'version': {sorted(self.items)}")
+        self._kinds = {**LEGACY_ITEMS, **self.items, "version": JSON}
         handlers = {
-            "state": ocp.StandardCheckpointHandler(),
-            "mask_book": ocp.StandardCheckpointHandler(),
-            "data": ocp.JsonCheckpointHandler(),
-            "config": ocp.JsonCheckpointHandler(),
-            "version": ocp.JsonCheckpointHandler(),
+            name: ocp.StandardCheckpointHandler() if kind == ARRAYS else ocp.JsonCheckpointHandler()
+            for name, kind in self._kinds.items()
         }
         self._manager = ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
         self.directory = self._manager.directory
@@ -146,38 +190,30 @@ class Checkpointer:
         return self._manager.best_step()
 
     # -- saving ----------------------------------------------------------------------------------------
-    def save(
-        self,
-        step: int,
-        *,
-        state: Any,
-        mask_book: Any,
-        data: Mapping[str, Any] | bytes | str,
-        config: Any,
-        metrics: Mapping[str, Any] | None = None,
-        force: bool = False,
-    ) -> bool:
+    def save(self, step: int, *, metrics: Mapping[str, Any] | None = None, force: bool = False, **items: Any) -> bool:
         """Starts saving `step` if it is due (or `force`); returns whether a save started. All processes call it.
 
         Args:
-          state: the TrainState (jax arrays, possibly sharded).
-          mask_book: uint8 [num_windows, L / 8], numpy or jax.
-          data: the data-iterator state: a JSON-able dict, or JSON text / bytes.
-          config: a ConfigDict or dict.
+          items: exactly the declared items, e.g. for pre-training
+            state: the TrainState (jax arrays, possibly sharded); mask_book: uint8 [num_windows, L / 8],
+            numpy or jax; data: the data-iterator state, a JSON-able dict or JSON text / bytes;
+            config: a ConfigDict or dict.
           metrics: scalars for best-checkpoint tracking (needs `best_metric` among them).
         """
+        if set(items) != set(self.items):
+            raise ValueError(f"save({step}) got items {sorted(items)}, this checkpointer saves {sorted(self.items)}")
         if step in self._manager.all_steps():
             return False
-        args = ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            mask_book=ocp.args.StandardSave({"bits": mask_book}),
-            data=ocp.args.JsonSave(_jsonable(data)),
-            config=ocp.args.JsonSave(_jsonable(config)),
-            version=ocp.args.JsonSave(version_info()),
-        )
+        args = {name: self._save_arg(name, value) for name, value in items.items()}
+        args["version"] = ocp.args.JsonSave(version_info())
         if metrics is not None:
             metrics = {k: float(np.asarray(jax.device_get(v))) for k, v in metrics.items()}
-        return self._manager.save(int(step), args=args, metrics=metrics, force=force)
+        return self._manager.save(int(step), args=ocp.args.Composite(**args), metrics=metrics, force=force)
+
+    def _save_arg(self, name: str, value: Any):
+        if self._kinds[name] == JSON:
+            return ocp.args.JsonSave(_jsonable(value))
+        return ocp.args.StandardSave({"bits": value} if name == "mask_book" else value)
 
     def save_now(self, step: int, **items: Any) -> None:
         """Forces a save of `step` (same keyword items as `save`) and waits until it is on disk (SIGTERM)."""
@@ -199,22 +235,36 @@ class Checkpointer:
         self.close()
 
     # -- restoring -------------------------------------------------------------------------------------
+    def _items_on_disk(self, step: int) -> set[str]:
+        folder = epath.Path(self.directory) / str(step)
+        return {p.name for p in folder.iterdir() if p.name in self._kinds} if folder.exists() else set()
+
     def _restore_step(self, step: int, abstract_state: Any, mask_book_target: Any) -> Restored:
-        book_args = ocp.args.StandardRestore(None if mask_book_target is None else {"bits": mask_book_target})
-        out = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
-                mask_book=book_args,
-                data=ocp.args.JsonRestore(),
-                config=ocp.args.JsonRestore(),
-                version=ocp.args.JsonRestore(),
-            ),
-        )
-        book = out["mask_book"]["bits"]
-        if mask_book_target is None or isinstance(mask_book_target, np.ndarray):
-            book = np.asarray(book, np.uint8)
-        return Restored(step, out["state"], book, out["data"], out["config"], out["version"])
+        version = self._manager.restore(step, args=ocp.args.Composite(version=ocp.args.JsonRestore()))["version"]
+        fmt = version.get("format", 1)
+        if fmt > FORMAT_VERSION:
+            raise CheckpointFormatError(f"checkpoint step {step} in {self.directory} has format {fmt}, newer than this "
+                                        f"code's {FORMAT_VERSION}: update midibert-jax to resume it")
+        legacy = fmt < 2 and hasattr(abstract_state, "extras")
+        present = self._items_on_disk(step)
+        args = {"state": ocp.args.StandardRestore(_format1_state(abstract_state) if legacy else abstract_state)}
+        for name in present - {"state", "version"}:
+            if self._kinds[name] == JSON:
+                args[name] = ocp.args.JsonRestore()
+            elif name == "mask_book" and "mask_book" in self.items:
+                args[name] = ocp.args.StandardRestore(None if mask_book_target is None else {"bits": mask_book_target})
+        out = dict(self._manager.restore(step, args=ocp.args.Composite(**args)))
+        out["version"] = version
+        if legacy:
+            old = out["state"]
+            out["state"] = abstract_state.replace(step=old["step"], params=old["params"], opt_state=old["opt_state"],
+                                                  rng=old["rng"], extras={k: old[k] for k in abstract_state.extras})
+        if "mask_book" in out:
+            book = out["mask_book"]["bits"]
+            if mask_book_target is None or isinstance(mask_book_target, np.ndarray):
+                book = np.asarray(book, np.uint8)
+            out["mask_book"] = book
+        return Restored(step, out)
 
     def restore(self, abstract_state: Any, mask_book_target: Any = None, step: int | None = None) -> Restored | None:
         """Restores a step onto the given target shardings; None when there is no checkpoint.
@@ -228,6 +278,7 @@ class Checkpointer:
           step: a given step (no fallback), or None for the newest readable one.
         Raises:
           ValueError: the checkpoint was written with another vocabulary.
+          CheckpointFormatError: the step's format is newer than this code's (not a fall-back case).
           RuntimeError: no step could be read.
         """
         self._manager.reload()
@@ -242,6 +293,8 @@ class Checkpointer:
                 try:
                     restored = self._restore_step(candidate, abstract_state, mask_book_target)
                     break
+                except CheckpointFormatError:
+                    raise
                 except Exception as e:  # pylint: disable=broad-except  # any unreadable step: try the previous
                     nxt = steps[i + 1] if i + 1 < len(steps) else None
                     reason = str(e).splitlines()[0][:300] if str(e) else ""

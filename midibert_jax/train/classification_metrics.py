@@ -1,4 +1,5 @@
-"""Classification metrics on the host (numpy): confusion matrix, accuracy, macro-F1, per-class P/R/F1.
+"""Classification metrics: the step's cross-entropy sums (jax); on the host (numpy) confusion matrix,
+accuracy, macro-F1, per-class P/R/F1, and the summary of a fine-tuning evaluation.
 
 Conventions (those of scikit-learn with `zero_division=0`):
   * confusion[i, j] counts items of true class i predicted as class j.
@@ -15,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -129,3 +132,52 @@ def plot_confusion(confusion: np.ndarray, class_names: Sequence[str], path, titl
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
     epath.Path(path).write_bytes(buffer.getvalue())
+
+
+def cross_entropy_sums(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> dict[str, jax.Array]:
+    """Sums over the weighted items: {"loss", "correct", "count"} (float32 scalars). logits [..., C]."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    t = jnp.maximum(targets, 0)
+    nll = -jnp.take_along_axis(logp, t[..., None], axis=-1)[..., 0]
+    w = weights.astype(jnp.float32)
+    return {
+        "loss": jnp.sum(nll * w),
+        "correct": jnp.sum((jnp.argmax(logits, -1) == t) * w),
+        "count": jnp.sum(w),
+    }
+
+
+def summarize_eval(outputs: list[dict[str, np.ndarray]], task) -> dict[str, Any]:
+    """Per-batch evaluation outputs of the fine-tuning eval step -> JSON-ready metrics.
+
+    `task`: level ('note' | 'sequence'), num_classes, class_names. Keys: accuracy, macro_f1, per_class,
+    confusion_matrix, count, loss; sequence tasks add piece_accuracy, piece_macro_f1, piece_per_class,
+    piece_confusion_matrix, num_pieces (windows averaged per piece) and window_accuracy (= accuracy).
+    """
+    loss = sum(float(o["loss"]) for o in outputs)
+    count = sum(float(o["count"]) for o in outputs)
+    if task.level == "note":
+        cm = sum((np.asarray(o["confusion"], np.int64) for o in outputs), np.zeros((task.num_classes,) * 2, np.int64))
+        result = summarize(cm, task.class_names)
+    else:
+        valid = np.concatenate([np.asarray(o["valid"], bool) for o in outputs]) if outputs else np.zeros(0, bool)
+        probs = np.concatenate([o["probs"] for o in outputs])[valid] if outputs else np.zeros((0, task.num_classes))
+        labels = np.concatenate([o["label"] for o in outputs])[valid] if outputs else np.zeros(0, np.int64)
+        pieces = np.concatenate([o["piece_id"] for o in outputs])[valid] if outputs else np.zeros(0, np.int64)
+        result = summarize(confusion_matrix(labels, probs.argmax(-1), task.num_classes), task.class_names)
+        result["window_accuracy"] = result["accuracy"]
+        _, piece_probs, piece_labels = aggregate_pieces(probs, pieces, labels)
+        piece = summarize(confusion_matrix(piece_labels, piece_probs.argmax(-1), task.num_classes), task.class_names)
+        result.update({
+            "piece_accuracy": piece["accuracy"], "piece_macro_f1": piece["macro_f1"],
+            "piece_per_class": piece["per_class"], "piece_confusion_matrix": piece["confusion_matrix"],
+            "num_pieces": piece["count"],
+        })
+    result["loss"] = loss / count if count else float("nan")
+    return result
+
+
+def eval_scalars(result: dict[str, Any], prefix: str = "eval/") -> dict[str, float]:
+    """The scalar entries of an evaluation result, for the metrics writer."""
+    keys = ("accuracy", "macro_f1", "loss", "piece_accuracy", "piece_macro_f1")
+    return {prefix + k: float(result[k]) for k in keys if k in result}

@@ -173,6 +173,18 @@ def batch_frozen_fraction(frozen: jax.Array, nonpad: jax.Array) -> jax.Array:
     return (frozen & nonpad).sum() / jnp.maximum(nonpad.sum(), 1)
 
 
-def update_due(counter: int, cfg: MaskBookConfig) -> bool:
-    """True after `counter` completed units (epochs or steps, 1-based) when the book should be refreshed."""
-    return cfg.every > 0 and counter > 0 and counter % cfg.every == 0
+def update_due(step: int, steps_per_epoch: int, cfg: MaskBookConfig) -> int | None:
+    """The update number if the book is refreshed after `step` completed steps (1-based count), else None.
+
+    `cfg.unit` 'step': after every `cfg.every` steps; 'epoch': after every `cfg.every` epochs of
+    `steps_per_epoch` steps. Update n is the n-th refresh (it seeds that refresh's random draws).
+    """
+    if not cfg.every or step <= 0:
+        return None
+    if cfg.unit == "step":
+        count = step
+    elif step % steps_per_epoch:
+        return None
+    else:
+        count = step // steps_per_epoch
+    return count // cfg.every if count % cfg.every == 0 else None

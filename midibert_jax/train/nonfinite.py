@@ -1,6 +1,6 @@
-"""The NaN/Inf guard shared by the pre-training and fine-tuning loops.
+"""The NaN/Inf guard of the training loop (train/loop.py) and both train steps.
 
-The jitted step returns a `finite` flag and leaves its state unchanged when the loss or the
+The jitted step returns a finite flag (metric `FLAG`) and leaves its state unchanged when the loss or the
 gradients are not finite; the loop checks the flag (one step late, or before a save) with
 `check_finite` and stops naming the step and the batch's examples.
 """
@@ -13,6 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+
+FLAG = "train/finite"  # the train steps' metric: 1.0 when the step's loss and gradients were finite
 
 
 class NonFiniteLossError(RuntimeError):
@@ -30,8 +33,8 @@ def guarded_update(state, loss: jax.Array, grads) -> tuple[Any, jax.Array, jax.A
 
 
 def check_finite(step: int, indices: np.ndarray, step_metrics: Mapping[str, Any]) -> None:
-    """Raises NonFiniteLossError when the step's `finite` flag is False."""
-    if not bool(jax.device_get(step_metrics["finite"])):
+    """Raises NonFiniteLossError when the step's `FLAG` is False."""
+    if not bool(jax.device_get(step_metrics[FLAG])):
         raise NonFiniteLossError(
             f"non-finite loss or gradient at step {step} (batch of examples {np.asarray(indices).tolist()}); "
             "the state was not updated and nothing was saved from this step"

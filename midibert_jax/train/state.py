@@ -1,4 +1,4 @@
-"""The typed train state: one pytree for encoder, recoverer heads, masker, optimiser and RNG."""
+"""The typed train state of both objectives: one pytree for parameters, optimiser, RNG and extras."""
 
 from __future__ import annotations
 
@@ -9,21 +9,19 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from midibert_jax.tokenizer import vocab
-
-PARAM_GROUPS = ("encoder", "recoverer", "masker")
-
 
 @struct.dataclass
 class TrainState:
-    """Everything the train step reads and writes.
+    """Everything a train step reads and writes.
 
     Attributes:
       step: int32 scalar, the number of optimiser updates applied.
-      params: {"encoder": …, "recoverer": …, "masker": …}, Flax variable trees (opaque here).
+      params: the objective's parameter groups (pre-training {"encoder", "recoverer", "masker"},
+        fine-tuning {"encoder", "token_head" | "sequence_head"}), Flax variable trees.
       opt_state: the optax state of `tx` for `params`.
       rng: uint32 [2] raw key data (checkpoint-friendly); use `step_key()` in the step.
-      field_weights: float32 [8], the recoverer's per-field loss weights (from the last evaluation).
+      extras: the objective's other saved arrays (pre-training: {"field_weights": float32 [8]},
+        the recoverer's per-field loss weights from the last evaluation; fine-tuning: {}).
       tx: the optax transformation (static, not a pytree leaf, not saved).
     """
 
@@ -31,17 +29,18 @@ class TrainState:
     params: dict[str, Any]
     opt_state: optax.OptState
     rng: jax.Array
-    field_weights: jax.Array
+    extras: dict[str, Any]
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
 
     @classmethod
-    def create(cls, *, params: dict[str, Any], tx: optax.GradientTransformation, seed: int | jax.Array) -> "TrainState":
-        """A fresh state: step 0, `tx.init(params)`, uniform field weights, a key from `seed`.
+    def create(cls, *, params: dict[str, Any], tx: optax.GradientTransformation, seed: int | jax.Array,
+               extras: dict[str, Any] | None = None, groups: tuple[str, ...] = ()) -> "TrainState":
+        """A fresh state: step 0, `tx.init(params)`, a key from `seed`, the given extras.
 
-        `params` must have the groups of PARAM_GROUPS; call it under `jax.jit` (or `jax.eval_shape` for the
-        abstract state) so that the optimiser state is born with the parameters' shardings.
+        Call it under `jax.jit` (or `jax.eval_shape` for the abstract state) so that the optimiser
+        state is born with the parameters' shardings. `groups`: parameter groups `params` must have.
         """
-        missing = set(PARAM_GROUPS) - set(params)
+        missing = set(groups) - set(params)
         if missing:
             raise ValueError(f"params lack the groups {sorted(missing)}")
         return cls(
@@ -49,7 +48,7 @@ class TrainState:
             params=params,
             opt_state=tx.init(params),
             rng=jax.random.key_data(jax.random.key(seed)),
-            field_weights=jnp.full((vocab.NUM_FIELDS,), 1.0 / vocab.NUM_FIELDS, jnp.float32),
+            extras=dict(extras or {}),
             tx=tx,
         )
 
