@@ -18,15 +18,11 @@ Everything here only reads (through `Run`): workdirs of running jobs can be used
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Any
 
-from etils import epath
-
 from midibert_jax import run as run_lib
 from midibert_jax.config_loading import ConfigError
-from midibert_jax.run import NoCheckpointError
 
 log = logging.getLogger(__name__)
 
