@@ -163,11 +163,12 @@ def test_an_old_pretraining_checkpoint_is_migrated(tmp_path, monkeypatch):
     s = _state().replace(extras={"field_weights": jnp.ones(8)})
     weights = jnp.arange(8.0)
     monkeypatch.setattr(checkpointing, "FORMAT_VERSION", 1)
-    with checkpointing.Checkpointer(str(tmp_path), save_every=1, keep_last=2) as old:
+    with checkpointing.Checkpointer(str(tmp_path), save_every=1, keep_last=2, best_metric="eval/acc/mean") as old:
         old.save_now(2, state=_format1(s.replace(step=jnp.int32(2)), field_weights=weights), mask_book=_book(2),
-                     data={"epoch": 1, "position": 2}, config={})
+                     data={"epoch": 1, "position": 2}, config={}, metrics={"eval/acc/mean": 0.5})
     monkeypatch.undo()
-    with checkpointing.Checkpointer(str(tmp_path), save_every=1, keep_last=2) as ck:
+    with checkpointing.Checkpointer(str(tmp_path), save_every=1, keep_last=2, best_metric="eval/accuracy") as ck:
+        assert ck.best_step() == 2  # ranked by its old metric name
         r = ck.restore(_abstract(s), mask_book_target=_book(0))
     assert int(r.state.step) == 2 and r.data == {"epoch": 1, "position": 2}
     np.testing.assert_array_equal(r.state.extras["field_weights"], weights)

@@ -30,6 +30,7 @@ are never listed by orbax, so an interrupted save is skipped without a warning.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.metadata
 import json
 import logging
@@ -53,6 +54,18 @@ LEGACY_ITEMS = {"mask_book": ARRAYS, "data": JSON}
 
 class CheckpointFormatError(ValueError):
     """A checkpoint step was written in a format this code cannot read; the message names it."""
+
+
+# Metric names steps of format 1 were ranked by (pre-training's 'eval/accuracy' was 'eval/acc/mean').
+LEGACY_METRICS = {"eval/accuracy": ("eval/acc/mean",)}
+
+
+def _metric(metrics: Mapping[str, Any], name: str) -> float:
+    """metrics[name], or its format-1 name for steps saved before the rename."""
+    for key in (name, *LEGACY_METRICS.get(name, ())):
+        if key in metrics:
+            return float(metrics[key])
+    raise KeyError(f"checkpoint metrics {sorted(metrics)} lack {name!r}")
 
 
 def _format1_state(abstract_state: Any) -> dict[str, Any]:
@@ -146,7 +159,7 @@ class Checkpointer:
         policies: list[ocp.checkpoint_managers.PreservationPolicy] = [ocp.checkpoint_managers.LatestN(n=keep_last)]
         best_fn = None
         if best_metric is not None:
-            best_fn = lambda metrics: float(metrics[best_metric])  # noqa: E731
+            best_fn = functools.partial(_metric, name=best_metric)
             policies.append(
                 ocp.checkpoint_managers.BestN(
                     get_metric_fn=best_fn,
