@@ -122,10 +122,8 @@ def _tree_metadata(directory: epath.Path) -> Any:
 
 
 def check_version(version: Mapping[str, Any], step: int | None) -> None:
-    """Raises ValueError when a checkpoint's vocabulary differs from this code's (train/checkpointing.py)."""
-    checkpointing.Checkpointer._check_version(  # pylint: disable=protected-access
-        checkpointing.Restored(step if step is not None else -1, None, None, {}, {}, dict(version))
-    )
+    """Raises ValueError when a checkpoint's vocabulary differs from this code's."""
+    checkpointing.check_version(version, step if step is not None else -1)
 
 
 @dataclasses.dataclass

@@ -100,6 +100,17 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
+def check_version(saved: Mapping[str, Any], step: int) -> None:
+    """Raises ValueError when checkpoint `step`'s vocabulary or field order differs from this code's."""
+    ours = version_info()
+    for key in ("fields", "vocab_sizes", "num_regular"):
+        if saved.get(key) != ours[key]:
+            raise ValueError(f"checkpoint step {step} has {key}={saved.get(key)}, this code {ours[key]}")
+    if saved.get("code_version") != ours["code_version"]:
+        log.warning("checkpoint step %d was written by code version %s, this is %s",
+                    step, saved.get("code_version"), ours["code_version"])
+
+
 @dataclasses.dataclass
 class Restored:
     """What `Checkpointer.restore` returns: every item found in the step, by name, in `items`."""
@@ -321,20 +332,7 @@ class Checkpointer:
                     )
             if restored is None:
                 raise RuntimeError(f"no readable checkpoint in {self.directory} (steps {steps[::-1]})")
-        self._check_version(restored)
+        check_version(restored.version, restored.step)
         log.info("restored checkpoint step %d from %s", restored.step, self.directory)
         return restored
 
-    @staticmethod
-    def _check_version(restored: Restored) -> None:
-        saved, ours = restored.version, version_info()
-        for key in ("fields", "vocab_sizes", "num_regular"):
-            if saved.get(key) != ours[key]:
-                raise ValueError(f"checkpoint step {restored.step} has {key}={saved.get(key)}, this code {ours[key]}")
-        if saved.get("code_version") != ours["code_version"]:
-            log.warning(
-                "checkpoint step %d was written by code version %s, this is %s",
-                restored.step,
-                saved.get("code_version"),
-                ours["code_version"],
-            )
