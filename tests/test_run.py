@@ -186,7 +186,8 @@ def test_old_and_new_metric_names_read_alike(tmp_path):
     assert run.canonical_metric("eval/acc/pitch") == "eval/accuracy/pitch"
     assert run.canonical_metric("loss/total") == "train/loss" and run.canonical_metric("acc/mean") == "train/accuracy"
     assert run.canonical_metric("acc/bar") == "train/accuracy/bar"
-    for name in ("eval/accuracy", "train/loss", "mask/selected_fraction", "eval/loss/pitch"):
+    assert run.canonical_metric("mask/selected_fraction") == "train/mask/selected_fraction"
+    for name in ("eval/accuracy", "train/loss", "train/mask/selected_fraction", "eval/loss/pitch"):
         assert run.canonical_metric(name) == name
     # A run resumed across the rename: one series per metric.
     lines = [{"step": 1, "loss/total": 2.0, "eval/acc/mean": 0.1, "eval/acc/pitch": 0.2},
