@@ -330,9 +330,11 @@ def compare(case: str, isa: str, steps: int, dtype: str) -> dict[str, Any]:
     reference = Worker("reference", [sys.executable, str(here / "bench_reference.py"), "--serve", "--size", case], env)
     ours = Worker("ours", [sys.executable, str(here / "bench_pretrain.py"), "--serve", case, "--dtype", dtype], env)
     ready = {"reference": reference.wait_ready(), "ours": ours.wait_ready()}
-    for _ in range(steps):
-        reference.step()
-        ours.step()
+    print(f"  {case} {isa}: both sides ready (ours compiled in {ready['ours']['compile_s']:.0f} s); "
+          f"timing {steps} alternated steps each", flush=True)
+    for i in range(steps):
+        ref_s, ours_s = reference.step()["step_s"], ours.step()["step_s"]
+        print(f"    step {i + 1}/{steps}: reference {ref_s:.2f} s, ours {ours_s:.2f} s", flush=True)
     _, batch, length = CASES[case]
     out: dict[str, Any] = {"size": case, "isa": isa, "batch": batch, "length": length, "env": ISA_ENV[isa],
                            "load_average": os.getloadavg()}
