@@ -354,6 +354,7 @@ def _gb(x) -> str:
 
 
 COMPARE_HEADER = (f"{'size':5s} {'isa':6s} {'ref s/step':>10s} {'ours s/step':>11s} {'ratio':>6s} "
+                  f"{'ref cpu-s':>9s} {'our cpu-s':>9s} "
                   f"{'ref RSS GB':>10s} {'our RSS GB':>10s} {'our XLA GB':>10s} {'ref mm GF/cpu-s':>15s} "
                   f"{'our mm GF/cpu-s':>15s}")
 
@@ -361,6 +362,7 @@ COMPARE_HEADER = (f"{'size':5s} {'isa':6s} {'ref s/step':>10s} {'ours s/step':>1
 def _compare_row(r: dict[str, Any]) -> str:
     ref, ours = r["reference"], r["ours"]
     return (f"{r['size']:5s} {r['isa']:6s} {ref['step_s']:10.2f} {ours['step_s']:11.2f} {r['speedup']:5.2f}x "
+            f"{ref['cpu_s_per_step']:9.1f} {ours['cpu_s_per_step']:9.1f} "
             f"{_gb(ref['max_rss_bytes']):>10s} {_gb(ours['max_rss_bytes']):>10s} {_gb(ours['xla_peak_bytes']):>10s} "
             f"{ref['matmul_gflops_per_cpu_s']:15.1f} {ours['matmul_gflops_per_cpu_s']:15.1f}")
 
@@ -419,6 +421,7 @@ def main(argv=None) -> int:
             row = compare(size, isa, args.steps, args.dtype)
             result["comparisons"].append(row)
             print(_compare_row(row), flush=True)
+            write_results(args.out, result)  # after every row, so that a killed run keeps what it measured
     if args.ablate:
         ablate(sizes[0], args.steps, result)
     result["host"]["load_average_end"] = os.getloadavg()
@@ -428,7 +431,8 @@ def main(argv=None) -> int:
     print(COMPARE_HEADER)
     for row in result["comparisons"]:
         print(_compare_row(row))
-    print(f"(ratio: reference s/step / ours, medians of {args.steps} alternated steps each; RSS: each child's "
+    print(f"(ratio: reference s/step / ours, medians of {args.steps} alternated steps each; cpu-s: CPU seconds of a "
+          "step (median; threads that spin-wait while other processes hold the cores inflate it); RSS: each child's "
           "ru_maxrss; our XLA GB: XLA's buffer estimate of the step; mm GF/cpu-s: each child's float32 1024^3 "
           "matmul per CPU second, showing whether the ISA cap reached its matmul library; target >= "
           f"{TARGET_SPEEDUP:g}x)")
