@@ -1,47 +1,46 @@
-r"""Benchmark the full adversarial pre-training step: speed, compile time, FLOPs, FLOP/s vs a matmul.
+r"""Our adversarial pre-training step beside the reference PyTorch step, in the same run; and where our time goes.
 
-    python benchmarks/bench_pretrain.py                          # tiny (L=512, B=8) and base (L=1024, B=2)
-    python benchmarks/bench_pretrain.py --sizes tiny --steps 5 --out /tmp/pretrain.json
-    python benchmarks/bench_pretrain.py --sizes tiny --ablate    # + where the time goes (variants of the step)
+    python benchmarks/bench_pretrain.py                          # tiny (L=512, B=8) and base (L=1024, B=2), native + AVX2
+    python benchmarks/bench_pretrain.py --sizes tiny --steps 5 --isa native --out /tmp/pretrain.json
+    python benchmarks/bench_pretrain.py --sizes tiny --ablate    # + FLOP rates and variants of our step (in process)
 
-The step is `midibert_jax.train.pretrain.make_train_step`, jitted by the `Trainer` exactly as in training:
-masker forward on the clean batch (dropout on) -> adversarial top-k masking (mask book with ~10% frozen
-notes) -> recoverer forward on the corrupted batch -> recoverer + masker losses -> gradients through both
-passes -> AdamW update, on random token batches (no dataset) over all available devices.
+Same-run comparison (always): for each ISA setting and size, two child processes are started, one serving
+our step (`midibert_jax.train.pretrain`'s train step, jitted as the Trainer jits it: masker forward on the
+clean batch with dropout on -> adversarial top-k masking with a mask book (~10% frozen) -> recoverer forward
+on the corrupted batch -> both losses -> gradients through both passes -> AdamW) and one serving the
+reference's step (bench_reference.py: transformers' BertModel with relative key-query positions, Python
+per-example loops, three AdamW optimisers). After each side's warm-up the parent alternates them step by
+step (`--steps` each) and takes the medians, so a shared machine's load hits both alike; the ratio is
+reference s/step over ours. Peak memory is each child's resident high-water mark (ru_maxrss, measured
+the same way for both; ours includes XLA's compilation), plus XLA's own estimate of our step's buffers.
 
-For each size it reports lowering and compile seconds, the median step time over `--steps` timed steps
-(after one warm-up), tokens/s, model FLOPs per step three ways, achieved GFLOP/s and its ratio to a
-float32 2048^3 matmul timed just before and after each step (the median ratio is what survives a shared
-machine's load; compare that, not raw times, across runs), and the same ratio per CPU second of this
-process (what other processes' load hardly changes) with the cores a step keeps busy:
-  flops_xla_compiled   cost_analysis() of the compiled step; XLA counts a while loop's body once, so with
-                       scanned layers it misses (num_layers - 1) / num_layers of the encoder work;
-  flops_xla_unrolled   cost_analysis() of the same step lowered with unrolled layers (not compiled): XLA's
-                       count of every operation;
-  flops_analytic       matmul FLOPs x 3 (forward + backward) of both passes: the 6 N tokens rule per pass,
-                       plus attention scores, probabilities x values and the relative-position terms (one
-                       d-long dot product per query-key pair and term: the model's FLOPs, not the
-                       implementation's, so that a faster formulation shows as a higher rate).
+`--isa avx2` (default: both native and avx2) caps both children as far as their libraries allow:
+  ours        XLA_FLAGS=--xla_cpu_max_isa=AVX2 (XLA's generated code; the matmul library XLA calls may
+              still dispatch on the real CPU: each child reports its float32 matmul GFLOP per CPU second
+              under the cap, so the table shows whether the cap took effect)
+  reference   ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2, MKL_ENABLE_INSTRUCTIONS=AVX2
+The CPU model and its ISA flags (avx2, avx512f, avx512_bf16, amx_*) are printed and written with the figures.
 
-`--ablate` also times variants of the step on the first size (each compiled separately, all timed round
-robin with the real step): no dropout, absolute positions (no relative key-query terms), the random policy
-(no masker pass), unrolled layers (no scan: no stacked residual buffers, one compile per layer), the
-relative key-query terms computed unblocked (every query times all 2L - 1 distance
-rows; the same values), and the masking (top-k) alone, to show which part dominates.
+`--ablate` then times, in this process on the first size, our step and variants of it round robin (no
+dropout, absolute positions, the random policy, unrolled layers, unblocked relative terms), with
+lowering / compile seconds, model FLOPs three ways (XLA's compiled count, which counts a scanned layer
+loop once; XLA's count of the unrolled step; the analytic matmul count x 3 including the relative terms)
+and achieved GFLOP/s as a fraction of a float32 2048^3 matmul timed before and after each step (a
+reported number, not a target). bench_attention.py splits one layer into parts.
 
-Targets (GitHub issue #4): tiny >= 2 x the reference PyTorch's ~430 tokens/s on this machine, and >= 60%
-of the measured matmul rate. bench_attention.py splits one layer into parts to show where a CPU loses it.
+Target (issue 14): ours >= 2x the reference in the same run, at tiny and base, native and AVX2.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import pathlib
 import platform
+import statistics
 import sys
-import tempfile
 import time
 from typing import Any
 
@@ -53,17 +52,20 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # configs/ is importable as a package from the repository root
 
 from configs.pretrain import get_config  # noqa: E402
-from midibert_jax import sharding  # noqa: E402
 from midibert_jax.model import positions  # noqa: E402
 from midibert_jax.tokenizer import vocab  # noqa: E402
 from midibert_jax.train import mask_book, masking, pretrain  # noqa: E402
-from matmul_rate import Matmul  # benchmarks/ is on sys.path when a benchmark runs as a script
+from cpu_info import cpu_info, describe  # benchmarks/ is on sys.path when a benchmark runs as a script
+from matmul_rate import Matmul
 from results_io import write_results
-
-CASES = {"tiny": (8, 512), "base": (2, 1024)}  # size -> (global batch, length)
-REFERENCE_TOKENS_PER_S = 430.0  # the reference PyTorch implementation, tiny, on this machine (issue #4)
+from step_server import CASES, Worker, max_rss_bytes, serve
 TARGET_SPEEDUP = 2.0
-TARGET_MATMUL_FRACTION = 0.6
+# --isa name -> environment of both children (XLA's flag is appended to XLA_FLAGS).
+ISA_ENV = {
+    "native": {},
+    "avx2": {"XLA_FLAGS": "--xla_cpu_max_isa=AVX2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+             "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+}
 # Variants of the step timed by --ablate: name -> config overrides.
 ABLATIONS = {  # (the unblocked one swaps a model function)
     "no_dropout": (("model.dropout_rate", 0.0), ("model.attention_dropout_rate", 0.0), ("model.head_dropout", 0.0)),
@@ -126,16 +128,6 @@ def _flops(cost) -> float | None:
     return float(cost["flops"]) if cost and "flops" in cost else None
 
 
-def random_batch(trainer, batch: int, length: int, num_windows: int):
-    """Random regular tokens, the last eighth of every window padded; a book with ~10% of the notes frozen."""
-    rng = np.random.default_rng(0)
-    tokens = (rng.random((batch, length, vocab.NUM_FIELDS)) * np.asarray(vocab.VOCAB.num_regular)).astype(np.int32)
-    tokens[:, length - length // 8:] = vocab.PAD_ROW
-    arrays = trainer.put_batch({"tokens": tokens, "index": np.arange(batch)})
-    book = trainer.put_book(mask_book.pack(rng.random((num_windows, length)) < 0.1))
-    return arrays, book
-
-
 @contextlib.contextmanager
 def _relative_scores(function):
     """Temporarily swaps the model's relative-position function (only while tracing the step)."""
@@ -147,6 +139,30 @@ def _relative_scores(function):
         positions.relative_key_query_scores = original
 
 
+@dataclasses.dataclass
+class StepParts:
+    """What the benchmark needs of the trainer: the jitted step, a state, a batch and a book, its sharding context."""
+
+    train_step: Any  # jitted (state, arrays, book) -> (state, metrics)
+    state: Any
+    abstract_state: Any
+    arrays: Any
+    book: Any
+    context: Any  # a context manager that activates the trainer's mesh and rules
+
+
+def trainer_parts(config, batch: int, length: int, init: bool = True) -> StepParts:
+    """The only place this benchmark reaches into `pretrain.Trainer`: builds the step exactly as training does."""
+    trainer = pretrain.Trainer(config)
+    rng = np.random.default_rng(0)
+    tokens = (rng.random((batch, length, vocab.NUM_FIELDS)) * np.asarray(vocab.VOCAB.num_regular)).astype(np.int32)
+    tokens[:, length - length // 8:] = vocab.PAD_ROW  # the last eighth of every window padded
+    arrays = trainer.put_batch({"tokens": tokens, "index": np.arange(batch)})
+    book = trainer.put_book(mask_book.pack(rng.random((4 * batch, length)) < 0.1))  # ~10% of the notes frozen
+    return StepParts(trainer.train_step, trainer.init_state() if init else None, trainer.abstract_state, arrays, book,
+                     trainer.activate)
+
+
 class Case:
     """One compiled train step on random data, ready to be timed step by step."""
 
@@ -155,14 +171,12 @@ class Case:
         self.name, self.size, self.batch, self.length = name, size, batch, length
         self.overrides = tuple(overrides)
         config = make_config(size, batch, length, overrides)
-        with tempfile.TemporaryDirectory() as workdir:
-            trainer = pretrain.Trainer(config)
-        self.state = trainer.init_state()
+        parts = trainer_parts(config, batch, length)
+        self.state, self.arrays, self.book = parts.state, parts.arrays, parts.book
         self.params = sum(int(x.size) for x in jax.tree_util.tree_leaves(self.state.params))
-        self.arrays, self.book = random_batch(trainer, batch, length, 4 * batch)
-        with sharding.activate(trainer.mesh, trainer.rules), _relative_scores(relative_fn):
+        with parts.context(), _relative_scores(relative_fn):
             t = time.perf_counter()
-            lowered = trainer.train_step.lower(self.state, self.arrays, self.book)
+            lowered = parts.train_step.lower(self.state, self.arrays, self.book)
             self.lower_s = time.perf_counter() - t
             t = time.perf_counter()
             self.compiled = lowered.compile()
@@ -170,9 +184,8 @@ class Case:
         self.flops_unrolled = None
         if count_unrolled:  # XLA's count of every operation: lower (not compile) the step with unrolled layers
             unrolled_config = make_config(size, batch, length, self.overrides + (("model.scan_layers", False),))
-            with tempfile.TemporaryDirectory() as workdir:
-                unrolled = pretrain.Trainer(unrolled_config)
-            with sharding.activate(unrolled.mesh, unrolled.rules), _relative_scores(relative_fn):
+            unrolled = trainer_parts(unrolled_config, batch, length, init=False)
+            with unrolled.context(), _relative_scores(relative_fn):
                 lowered = unrolled.train_step.lower(unrolled.abstract_state, self.arrays, self.book)
                 self.flops_unrolled = _flops(lowered.cost_analysis())
         self.analytic = analytic_flops(config, batch, length)
@@ -204,11 +217,7 @@ class Case:
         if not metrics["train/finite"]:
             raise RuntimeError(f"{self.name}: the benchmark step produced a non-finite loss")
         step_s = float(np.median(self.times))
-        mem = self.compiled.memory_analysis()
-        peak = None
-        if mem is not None:
-            peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
-                    - mem.alias_size_in_bytes)
+        peak = xla_peak_bytes(self.compiled)
         return {
             "name": self.name,
             "size": self.size,
@@ -236,6 +245,14 @@ class Case:
             "loss": metrics["train/loss"],
             "selected_fraction": metrics["train/mask/selected_fraction"],
         }
+
+
+def xla_peak_bytes(compiled) -> int | None:
+    """XLA's estimate of the step's device buffers: arguments + outputs + temporaries - donated aliases."""
+    mem = compiled.memory_analysis()
+    if mem is None:
+        return None
+    return mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes - mem.alias_size_in_bytes
 
 
 def time_round_robin(cases: list[Case], steps: int, matmul: Matmul) -> None:
@@ -275,73 +292,147 @@ HEADER = (f"{'case':24s} {'L':>5s} {'B':>3s} {'compile':>8s} {'step s':>8s} {'to
           f"{'GF anal.':>9s} {'GF xla':>9s} {'GF xla*':>9s} {'GFLOP/s':>8s} {'/matmul':>7s} {'/mm cpu':>7s} {'cores':>5s}")
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="tiny,base", help="comma-separated sizes from " + ",".join(CASES))
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per case (after one warm-up)")
-    parser.add_argument("--ablate", action="store_true", help="also time variants of the step on the first size")
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "pretrain.json"))
-    args = parser.parse_args(argv)
+# --- the same-run comparison with the reference -------------------------------------------------------------
 
-    device = jax.devices()[0]
+
+def serve_setup(case: str, dtype: str):
+    """Child side of the comparison: our compiled step on the case's batch, with what the table reports."""
+    size, batch, length = CASES[case]
+    overrides = (("model.dtype", dtype),)
+    step = Case(case, size, batch, length, overrides, count_unrolled=False)
+    matmul = Matmul(1024)
+
+    def run():
+        step.state, step.metrics = step.compiled(step.state, step.arrays, step.book)
+        jax.block_until_ready((step.state, step.metrics))
+
+    info = {"implementation": "ours (JAX)", "jax": jax.__version__, "dtype": dtype, "params": step.params,
+            "compile_s": step.lower_s + step.compile_s, "xla_peak_bytes": xla_peak_bytes(step.compiled),
+            "max_rss_after_compile_bytes": max_rss_bytes(), "matmul_gflops_per_cpu_s": matmul.gflops()[1],
+            "xla_flags": os.environ.get("XLA_FLAGS", "")}
+    return run, info
+
+
+def _child_env(isa: str) -> dict[str, str]:
+    env = dict(ISA_ENV[isa])
+    if "XLA_FLAGS" in env:
+        env["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + env["XLA_FLAGS"]).strip()
+    return env
+
+
+def compare(case: str, isa: str, steps: int, dtype: str) -> dict[str, Any]:
+    """Reference and ours in two children under `isa`, warmed up, then `steps` steps each alternated; medians."""
+    env = {**_child_env(isa), "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    here = pathlib.Path(__file__).resolve().parent
+    reference = Worker("reference", [sys.executable, str(here / "bench_reference.py"), "--serve", "--size", case], env)
+    ours = Worker("ours", [sys.executable, str(here / "bench_pretrain.py"), "--serve", case, "--dtype", dtype], env)
+    ready = {"reference": reference.wait_ready(), "ours": ours.wait_ready()}
+    print(f"  {case} {isa}: both sides ready (ours compiled in {ready['ours']['compile_s']:.0f} s); "
+          f"timing {steps} alternated steps each", flush=True)
+    for i in range(steps):
+        ref_s, ours_s = reference.step()["step_s"], ours.step()["step_s"]
+        print(f"    step {i + 1}/{steps}: reference {ref_s:.2f} s, ours {ours_s:.2f} s", flush=True)
+    _, batch, length = CASES[case]
+    out: dict[str, Any] = {"size": case, "isa": isa, "batch": batch, "length": length, "env": ISA_ENV[isa],
+                           "load_average": os.getloadavg()}
+    for name, worker in (("reference", reference), ("ours", ours)):
+        rss = worker.quit()["max_rss_bytes"]
+        times = [s["step_s"] for s in worker.steps]
+        out[name] = {**ready[name], "step_s": statistics.median(times), "step_times_s": times,
+                     "cpu_s_per_step": statistics.median(s["cpu_s"] for s in worker.steps),
+                     "tokens_per_s": batch * length / statistics.median(times), "max_rss_bytes": rss}
+    out["speedup"] = out["reference"]["step_s"] / out["ours"]["step_s"]
+    out["target_met"] = bool(out["speedup"] >= TARGET_SPEEDUP)
+    return out
+
+
+def _gb(x) -> str:
+    return "    n/a" if x is None else f"{x / 1e9:7.2f}"
+
+
+COMPARE_HEADER = (f"{'size':5s} {'isa':6s} {'ref s/step':>10s} {'ours s/step':>11s} {'ratio':>6s} "
+                  f"{'ref cpu-s':>9s} {'our cpu-s':>9s} "
+                  f"{'ref RSS GB':>10s} {'our RSS GB':>10s} {'our XLA GB':>10s} {'ref mm GF/cpu-s':>15s} "
+                  f"{'our mm GF/cpu-s':>15s}")
+
+
+def _compare_row(r: dict[str, Any]) -> str:
+    ref, ours = r["reference"], r["ours"]
+    return (f"{r['size']:5s} {r['isa']:6s} {ref['step_s']:10.2f} {ours['step_s']:11.2f} {r['speedup']:5.2f}x "
+            f"{ref['cpu_s_per_step']:9.1f} {ours['cpu_s_per_step']:9.1f} "
+            f"{_gb(ref['max_rss_bytes']):>10s} {_gb(ours['max_rss_bytes']):>10s} {_gb(ours['xla_peak_bytes']):>10s} "
+            f"{ref['matmul_gflops_per_cpu_s']:15.1f} {ours['matmul_gflops_per_cpu_s']:15.1f}")
+
+
+def ablate(size: str, steps: int, result: dict[str, Any]) -> None:
+    """Our step and its variants in this process, round robin, with FLOP counts and rates (first size only)."""
+    model_size, batch, length = CASES[size]
     matmul = Matmul()
-    result: dict[str, Any] = {
-        "device": f"{device.platform}:{device.device_kind}",
-        "num_devices": jax.device_count(),
-        "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "load_average_start": os.getloadavg()},
-        "jax": jax.__version__,
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "runs": [],
-        "ablations": [],
-    }
-    print(f"device {result['device']} x {result['num_devices']}, load {os.getloadavg()[0]:.1f}, "
-          f"matmul {matmul.gflops()[0]:.1f} GFLOP/s", flush=True)
-    sizes = [s for s in args.sizes.split(",") if s]
-    for i, size in enumerate(sizes):
-        batch, length = CASES[size]
-        cases = [Case(size, size, batch, length)]
-        if args.ablate and i == 0:
-            for name, overrides in ABLATIONS.items():
-                function = unblocked_relative_key_query_scores if name == "unblocked_relative" else None
-                cases.append(Case(f"{size} {name}", size, batch, length, overrides, function, count_unrolled=False))
-        print(f"{size}: compiled {len(cases)} step(s) in {sum(c.compile_s for c in cases):.0f} s; timing", flush=True)
-        time_round_robin(cases, args.steps, matmul)
-        runs = [c.result() for c in cases]
-        result["runs"].append(runs[0])
-        result["ablations"] += runs[1:]
-        for run in runs:
-            print(f"  {run['name']}: {run['step_s']:.2f} s/step, {run['tokens_per_s']:.0f} tokens/s, "
-                  f"{run['fraction_of_matmul']:.1%} of the matmul rate ({run['fraction_of_matmul_per_cpu_second']:.1%} "
-                  f"per CPU second, {run['cores_busy']:.2f} cores busy)", flush=True)
-        if args.ablate and i == 0:
-            result["masking_only_s"] = bench_masking(batch, length)
-        del cases
+    cases = [Case(size, model_size, batch, length)]
+    for name, overrides in ABLATIONS.items():
+        function = unblocked_relative_key_query_scores if name == "unblocked_relative" else None
+        cases.append(Case(f"{size} {name}", model_size, batch, length, overrides, function, count_unrolled=False))
+    print(f"{size}: compiled {len(cases)} step(s) in {sum(c.compile_s for c in cases):.0f} s; timing", flush=True)
+    time_round_robin(cases, steps, matmul)
+    runs = [c.result() for c in cases]
+    result["ablations"] = runs
+    result["masking_only_s"] = bench_masking(batch, length)
     wall, cpu = matmul.gflops()
     result["matmul"] = {"n": matmul.n, "dtype": "float32", "gflops_end": wall, "gflops_per_cpu_second_end": cpu}
-    result["host"]["load_average_end"] = os.getloadavg()
-
-    print()
     print(HEADER)
-    for run in result["runs"] + result["ablations"]:
+    for run in runs:
         print(_row(run))
     print("(GF: GFLOP per step, analytic / XLA on the unrolled step / XLA on the compiled scanned step, which "
           "counts the layer loop once; GFLOP/s from the analytic count; /matmul: median over the steps of "
           "GFLOP/s over a 2048^3 float32 matmul timed just before and after each step; /mm cpu: the same per "
           "CPU second of this process, which other processes' load hardly changes; cores: CPU s / wall s of a step)")
-    if "masking_only_s" in result:
-        print(f"masking (top-k + corruption) alone: {result['masking_only_s'] * 1e3:.1f} ms per step")
-    targets = {}
-    for run in result["runs"]:
-        if run["size"] == "tiny":
-            targets["tiny_tokens_per_s"] = run["tokens_per_s"]
-            targets["tiny_speedup_vs_reference"] = run["tokens_per_s"] / REFERENCE_TOKENS_PER_S
-            targets["tiny_speedup_met"] = bool(run["tokens_per_s"] >= TARGET_SPEEDUP * REFERENCE_TOKENS_PER_S)
-        targets[f"{run['size']}_fraction_of_matmul"] = run["fraction_of_matmul"]
-        targets[f"{run['size']}_fraction_of_matmul_per_cpu_second"] = run["fraction_of_matmul_per_cpu_second"]
-        targets[f"{run['size']}_matmul_fraction_met"] = bool(run["fraction_of_matmul"] >= TARGET_MATMUL_FRACTION)
-    result["targets"] = targets
-    for key, value in targets.items():
-        print(f"  {key}: {value:.3g}" if isinstance(value, float) else f"  {key}: {value}")
+    print(f"masking (top-k + corruption) alone: {result['masking_only_s'] * 1e3:.1f} ms per step")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="tiny,base", help="comma-separated sizes from " + ",".join(CASES))
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per side and case (after one warm-up)")
+    parser.add_argument("--isa", default="native,avx2", help="comma-separated ISA settings from " + ",".join(ISA_ENV))
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="our compute dtype")
+    parser.add_argument("--ablate", action="store_true", help="also time variants of our step on the first size")
+    parser.add_argument("--serve", metavar="SIZE", help=argparse.SUPPRESS)  # child mode of the comparison
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "pretrain.json"))
+    args = parser.parse_args(argv)
+    if args.serve:
+        return serve(lambda: serve_setup(args.serve, args.dtype))
+
+    cpu = cpu_info()
+    result: dict[str, Any] = {
+        "cpu": cpu,
+        "host": {"machine": platform.machine(), "load_average_start": os.getloadavg()},
+        "jax": jax.__version__,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "dtype": args.dtype,
+        "comparisons": [],
+    }
+    print(f"CPU: {describe(cpu)}; load {os.getloadavg()[0]:.1f}", flush=True)
+    sizes = [s for s in args.sizes.split(",") if s]
+    for isa in [i for i in args.isa.split(",") if i]:
+        for size in sizes:
+            row = compare(size, isa, args.steps, args.dtype)
+            result["comparisons"].append(row)
+            print(_compare_row(row), flush=True)
+            write_results(args.out, result)  # after every row, so that a killed run keeps what it measured
+    if args.ablate:
+        ablate(sizes[0], args.steps, result)
+    result["host"]["load_average_end"] = os.getloadavg()
+
+    print()
+    print(f"CPU: {describe(cpu)}")
+    print(COMPARE_HEADER)
+    for row in result["comparisons"]:
+        print(_compare_row(row))
+    print(f"(ratio: reference s/step / ours, medians of {args.steps} alternated steps each; cpu-s: CPU seconds of a "
+          "step (median; threads that spin-wait while other processes hold the cores inflate it); RSS: each child's "
+          "ru_maxrss; our XLA GB: XLA's buffer estimate of the step; mm GF/cpu-s: each child's float32 1024^3 "
+          "matmul per CPU second, showing whether the ISA cap reached its matmul library; target >= "
+          f"{TARGET_SPEEDUP:g}x)")
     write_results(args.out, result)
     return 0
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
+import subprocess
 import sys
 
 import pytest
@@ -51,3 +53,52 @@ def test_bench_pretrain_times_the_real_step(tmp_path):
     assert 0 < result["fraction_of_matmul"] < math.inf
     # At most floor(0.15 L) notes of the 56 real ones (bench_pretrain pads the last eighth).
     assert math.isfinite(result["loss"]) and 0 < result["selected_fraction"] <= math.floor(0.15 * 64) / 56 + 1e-6
+
+
+def test_bench_reference_step_masks_as_the_reference_and_trains():
+    import bench_reference
+    import torch
+
+    step = bench_reference.ReferenceStep("tiny", 2, 64)
+    x = step.tokens
+    scores = torch.rand(2, 64) * step.book[step.index]
+    corrupted, loss_mask, real_mask, counts = step._corrupt(x, scores)
+    for b, n in enumerate(counts):
+        assert 0 < n <= math.floor(0.15 * 64)
+        assert int(loss_mask[b].sum()) == n
+        assert int(real_mask[b].sum()) == round(0.8 * n) + round(0.1 * n)
+        changed = (corrupted[b] != x[b]).any(-1)
+        assert not changed[loss_mask[b] == 0].any()  # nothing outside the selection is touched
+        # 80% become the all-MASK octuple (the batch holds regular ids only, so these are the masked rows)
+        assert int((corrupted[b] == torch.tensor(bench_reference.MASK_ROW)).all(-1).sum()) == round(0.8 * n)
+    before = [p.detach().clone() for p in step.masker.head.parameters()]
+    first = step()["loss"]
+    assert math.isfinite(first) and first > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, step.masker.head.parameters()))
+
+
+def test_cpu_info_reads_model_and_isa_flags(tmp_path):
+    import cpu_info
+
+    fake = tmp_path / "cpuinfo"
+    fake.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: fpu sse avx2 fma avx512f amx_tile\n")
+    info = cpu_info.cpu_info(str(fake))
+    assert info["model"] == "Test CPU 9000"
+    assert info["isa"]["avx2"] and info["isa"]["avx512f"] and info["isa"]["amx_tile"]
+    assert not info["isa"]["avx512_bf16"] and not info["isa"]["amx_bf16"]
+    assert "avx512f" in cpu_info.describe(info)
+
+
+def test_accelerator_check_smoke_writes_its_figures(tmp_path):
+    out = tmp_path / "check.json"
+    env = {**os.environ, "PYTHON": sys.executable}
+    proc = subprocess.run([str(BENCHMARKS / "accelerator_check.sh"), "--smoke", "--steps", "1", "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    for key in ("device_kind", "compile_s", "step_s", "tokens_per_s", "flops_per_step", "mfu", "peak_memory_bytes",
+                "xla_peak_bytes_estimate", "loss"):
+        assert key in result, key
+    assert result["dtype"] == "bfloat16" and result["finite"]
+    assert result["tokens_per_s"] == pytest.approx(result["batch"] * result["length"] / result["step_s"])
+    assert result["mfu"] is None and "MFU" in proc.stdout  # no peak rate is known for a CPU: omitted, with a message
