@@ -30,7 +30,7 @@ def _env(devices: int, cache: pathlib.Path, **extra) -> dict:
 
 
 def _losses(workdir) -> dict[int, float]:
-    return {step: r["loss/total"] for step, r in ph.train_records(workdir).items()}
+    return {step: r["train/loss"] for step, r in ph.train_records(workdir).items()}
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +68,10 @@ def test_two_processes_give_the_losses_of_one(runs):
     evals_one, evals_two = ph.eval_records(root / "one"), ph.eval_records(root / "two")
     assert sorted(evals_one) == sorted(evals_two) == [3, 6]
     for step in evals_one:
-        assert evals_two[step]["eval/acc/mean"] == pytest.approx(evals_one[step]["eval/acc/mean"], abs=1e-6)
+        assert evals_two[step]["eval/accuracy"] == pytest.approx(evals_one[step]["eval/accuracy"], abs=1e-6)
     # Only process 0 wrote metrics: one line per step, not two.
     lines = (root / "two" / "metrics.jsonl").read_text().splitlines()
-    assert len([l for l in lines if "loss/total" in json.loads(l)]) == STEPS
+    assert len([l for l in lines if "train/loss" in json.loads(l)]) == STEPS
 
 
 def test_the_two_process_checkpoint_restores_in_one_process(runs):
