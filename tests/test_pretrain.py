@@ -159,7 +159,7 @@ NEEDS = {
 @pytest.fixture(scope="module")
 def runs(env, request):
     """Starts, in two lanes, the runs that this session's selected tests of this module need."""
-    selected = {item.originalname for item in request.session.items if item.module is request.module}
+    selected = {item.originalname for item in request.session.items if getattr(item, "module", None) is request.module}
     needed: set[str] = set()
     todo = [job for test in selected for job in NEEDS.get(test, ())]
     while todo:
