@@ -7,6 +7,7 @@ so a pod job fails in seconds rather than after building a dataset and compiling
 from __future__ import annotations
 
 import math
+from typing import Any, Callable
 
 import ml_collections
 
@@ -65,6 +66,25 @@ def _batches(config, mesh: dict[str, int] | None, num_processes: int, problems: 
             )
 
 
+def _blocks(config: ml_collections.ConfigDict, builders: dict[str, Callable[[Any], Any]], problems: list[str]) -> None:
+    """Builds each config block with its parser (which raises on a bad value), noting what fails."""
+    for name, build in builders.items():
+        try:
+            build(config[name])
+        except (ValueError, TypeError, KeyError) as e:
+            problems.append(f"{name}: {e}")
+
+
+def _model_mesh_batches_then_raise(config: ml_collections.ConfigDict, num_devices: int, num_processes: int,
+                                   problems: list[str]) -> None:
+    """The checks both kinds share (model, mesh, batch divisibility); then one ConfigError listing all problems."""
+    _model(config.model, problems)
+    mesh = _mesh(config, num_devices, problems)
+    _batches(config, mesh, num_processes, problems)
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
 def validate_pretrain(config: ml_collections.ConfigDict, *, num_devices: int, num_processes: int = 1) -> None:
     """Raises ConfigError listing every problem of a pre-training config (configs/pretrain.py)."""
     from midibert_jax.train import losses, mask_book, masking, optim  # pylint: disable=import-outside-toplevel
@@ -77,21 +97,9 @@ def validate_pretrain(config: ml_collections.ConfigDict, *, num_devices: int, nu
         problems.append(f"data.max_len={config.data.max_len} must be a multiple of 8 (the mask book packs 8 notes a byte)")
     if config.model.max_len != config.data.max_len:
         problems.append(f"model.max_len={config.model.max_len} differs from data.max_len={config.data.max_len}")
-    for name, build in (("masking", masking.MaskingConfig.from_config), ("loss", losses.LossConfig.from_config),
-                        ("mask_book", mask_book.MaskBookConfig.from_config)):
-        try:
-            build(config[name])
-        except (ValueError, TypeError, KeyError) as e:
-            problems.append(f"{name}: {e}")
-    try:
-        optim.make_optimizer(config.optim)
-    except (ValueError, TypeError, KeyError) as e:
-        problems.append(f"optim: {e}")
-    _model(config.model, problems)
-    mesh = _mesh(config, num_devices, problems)
-    _batches(config, mesh, num_processes, problems)
-    if problems:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+    _blocks(config, {"masking": masking.MaskingConfig.from_config, "loss": losses.LossConfig.from_config,
+                     "mask_book": mask_book.MaskBookConfig.from_config, "optim": optim.make_optimizer}, problems)
+    _model_mesh_batches_then_raise(config, num_devices, num_processes, problems)
 
 
 def validate_finetune(config: ml_collections.ConfigDict, *, num_devices: int, num_processes: int = 1) -> None:
@@ -104,15 +112,8 @@ def validate_finetune(config: ml_collections.ConfigDict, *, num_devices: int, nu
     problems: list[str] = []
     _positive_ints(config, ["data.batch_size", "data.eval_batch_size", "data.max_len", "train.log_every",
                             "train.keep_checkpoints", "model.num_layers", "model.num_heads"], problems)
-    try:
-        augment.AugmentConfig.from_config(config.augment)
-    except (ValueError, TypeError, KeyError) as e:
-        problems.append(f"augment: {e}")
-    _model(config.model, problems)
-    mesh = _mesh(config, num_devices, problems)
-    _batches(config, mesh, num_processes, problems)
-    if problems:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+    _blocks(config, {"augment": augment.AugmentConfig.from_config}, problems)
+    _model_mesh_batches_then_raise(config, num_devices, num_processes, problems)
 
 
 def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_processes: int = 1) -> None:

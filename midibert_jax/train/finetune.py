@@ -213,17 +213,19 @@ def _has_checkpoint(workdir: str) -> bool:
         return False
 
 
-def resolve_config(config: ml_collections.ConfigDict, task: TaskInfo, workdir: str) -> ml_collections.ConfigDict:
+def resolve_config(config: ml_collections.ConfigDict, task: TaskInfo, workdir: str, *,
+                   resuming: bool | None = None) -> ml_collections.ConfigDict:
     """A locked copy of `config` with the task recorded and the encoder architecture settled.
 
-    The architecture comes from the workdir's own checkpoint when resuming, else (with
-    train.model_from_init) from train.init_from's recorded model config.
+    The architecture comes from the workdir's own checkpoint when resuming (`resuming`: whether the
+    workdir holds one, looked up when not given), else (with train.model_from_init) from
+    train.init_from's recorded model config.
     """
     cfg = ml_collections.ConfigDict(config.to_dict())
     cfg.task.level = task.level
     cfg.task.class_names = tuple(task.class_names)
     source = None
-    if _has_checkpoint(workdir):
+    if _has_checkpoint(workdir) if resuming is None else resuming:
         source = workdir
     elif cfg.train.init_from and cfg.train.model_from_init:
         source = cfg.train.init_from
@@ -307,7 +309,8 @@ def train_and_evaluate(
       {"best_step", "best_accuracy", "stopped" ('' | 'early' | 'preempted' | 'done'), "last_eval", "origin"}.
     """
     workdir = os.fspath(paths.resolve(workdir))  # absolute for local folders (orbax needs them)
-    if not config.train.init_from and not config.train.from_scratch and not _has_checkpoint(workdir):
+    resuming = _has_checkpoint(workdir)
+    if not config.train.init_from and not config.train.from_scratch and not resuming:
         raise ConfigError(
             "no pre-trained weights: set --config.train.init_from=<pre-training workdir or imported checkpoint>, "
             "or add the 'scratch' modifier (e.g. configs/finetune.py:melody,scratch) to train from scratch"
@@ -316,7 +319,7 @@ def train_and_evaluate(
     if data is None:
         data = load_data(config, splits=("train", "validation"))
     task = task or task_info(config, data.dataset_dir)
-    cfg = resolve_config(config, task, workdir)
+    cfg = resolve_config(config, task, workdir, resuming=resuming)
     primary = jax.process_index() == 0
     plan = pipeline.train_plan(
         data.train, global_batch_size=cfg.data.batch_size, seed=cfg.seed,
