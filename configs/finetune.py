@@ -24,6 +24,7 @@ Run:
                              evaluation, 80% MASK of 15% of all positions, the last-example loss-mask bug,
                              pads in the sequence pooling, stop when neither accuracy nor loss improve
   scratch                    no pre-trained weights (otherwise train.init_from must be set)
+  probe                      train only the task head on the frozen encoder (train.freeze_encoder)
 
 Every field is plain data with its meaning above it; the code that reads a block names it.
 """
@@ -42,7 +43,7 @@ TASKS = {
     "demo_note": "demo_melody", "demo_melody": "demo_melody",
     "demo_sequence": "demo_collection", "demo_collection": "demo_collection",
 }
-MODIFIERS = ("size", "runlocal", "reference", "scratch")
+MODIFIERS = ("size", "runlocal", "reference", "scratch", "probe")
 
 
 def _parse(arg: str | None) -> tuple[str, dict[str, str]]:
@@ -157,6 +158,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.model_from_init = True
     # Allow training without init_from (random encoder): the 'scratch' modifier.
     config.train.from_scratch = scratch
+    # Train only the task head; the encoder keeps its initial (pre-trained or random) weights: a probe of
+    # what the encoder learned (the 'probe' modifier).
+    config.train.freeze_encoder = options.get("probe") == "True"
+    # Train on this fraction of the training split's pieces (a seeded draw by `seed`, whole pieces; 1.0 = all):
+    # the low-label protocol. Validation and test splits are unchanged.
+    config.train.piece_fraction = 1.0
 
     if runlocal:
         config.data.batch_size = 8

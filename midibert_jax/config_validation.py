@@ -113,6 +113,9 @@ def validate_finetune(config: ml_collections.ConfigDict, *, num_devices: int, nu
     _positive_ints(config, ["data.batch_size", "data.eval_batch_size", "data.max_len", "train.log_every",
                             "train.keep_checkpoints", "model.num_layers", "model.num_heads"], problems)
     _blocks(config, {"augment": augment.AugmentConfig.from_config}, problems)
+    fraction = config.train.get("piece_fraction", 1.0)
+    if not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
+        problems.append(f"train.piece_fraction={fraction!r} must be in (0, 1] (the fraction of training pieces used)")
     _model_mesh_batches_then_raise(config, num_devices, num_processes, problems)
 
 

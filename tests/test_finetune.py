@@ -373,3 +373,26 @@ def _namespace(**kwargs):
     import argparse
 
     return argparse.Namespace(config_overrides=[], **kwargs)
+
+
+def test_probe_trains_only_the_head_on_a_subset_of_the_pieces(tmp_path, capsys):
+    """train.freeze_encoder: the encoder's weights do not move (no update, no weight decay), the head's do;
+    train.piece_fraction: the run sees whole pieces, a seeded fifth of them (4 of 20, 2 windows each)."""
+    config = tiny_config("melody,scratch,probe", steps=2, eval_every=2, piece_fraction=0.2)
+    assert config.train.freeze_encoder
+    config.optim.weight_decay = 0.5
+    data = finetune.Data(make_source(40, "note", windows_per_piece=2), make_source(8, "note", seed=1))
+    workdir = str(tmp_path / "probe")
+    finetune.train_and_evaluate(config, workdir, data=data, task=NOTE_TASK)
+    assert "8 training windows (4 pieces: 0.2 of the split's)" in capsys.readouterr().out
+    trainer = finetune.FinetuneTrainer(finetune.resolve_config(config, NOTE_TASK, workdir), NOTE_TASK)
+    initial = trainer.init_state()
+    trained = evaluation.restore_params(workdir, 2, trainer.abstract_state.params)
+    assert _leaves_equal(trained["encoder"], initial.params["encoder"])
+    assert not _leaves_equal(trained["token_head"], initial.params["token_head"])
+
+
+def test_piece_fraction_is_validated():
+    config = tiny_config("melody,scratch", piece_fraction=0.0)
+    with pytest.raises(ConfigError, match=r"train.piece_fraction=0.0 must be in \(0, 1\]"):
+        finetune.config_validation.validate(config, num_devices=1)

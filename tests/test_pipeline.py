@@ -160,3 +160,18 @@ def test_pipeline_over_the_tfds_array_record_source(built_folder_dataset):
     assert indices == list(range(windows))  # contiguous 0..N-1, each once
     assert manifest.split_notes(built_folder_dataset.data_path, "validation") == \
         built_folder_dataset.summary["splits"]["validation"]["notes"]
+
+
+def test_piece_subset_keeps_whole_pieces_seeded():
+    source = [{"piece_id": np.int32(i // 3), "index": np.int64(i)} for i in range(30)]  # 10 pieces of 3 windows
+    subset = pipeline.PieceSubset(source, 0.3, seed=7)
+    pieces = [int(subset[i]["piece_id"]) for i in range(len(subset))]
+    assert len(subset) == 9 and subset.num_pieces == 3 and len(set(pieces)) == 3
+    assert all(pieces.count(p) == 3 for p in set(pieces))
+    again = pipeline.PieceSubset(source, 0.3, seed=7)
+    assert [e["index"] for e in again.__getitems__(range(9))] == [subset[i]["index"] for i in range(9)]
+    other = {int(pipeline.PieceSubset(source, 0.3, seed=s)[0]["piece_id"]) for s in range(8)}
+    assert len(other) > 1  # the seed decides the draw
+    assert len(pipeline.PieceSubset(source, 0.01, seed=0)) == 3  # at least one piece
+    with pytest.raises(ValueError, match="piece fraction"):
+        pipeline.PieceSubset(source, 1.5, seed=0)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import grain
@@ -263,3 +264,34 @@ def load_split(dataset_dir: str | os.PathLike, split: str) -> DataSource:
 
     return common.load_data_source(dataset_dir, split)
 
+
+
+class PieceSubset:
+    """The windows of a seeded subset of a source's pieces: the low-label protocol.
+
+    Pieces (not windows) are drawn, so a piece is either wholly in or wholly out; at least one piece
+    is kept. The draw depends on `seed` and on the source's piece ids only, so every arm of an
+    experiment trained with the same seed sees the same pieces.
+    """
+
+    def __init__(self, source: DataSource, fraction: float, seed: int):
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"piece fraction must be in (0, 1], got {fraction}")
+        self.source = source
+        piece_ids = np.asarray([int(source[i]["piece_id"]) for i in range(len(source))], np.int64)
+        pieces = np.unique(piece_ids)
+        keep = max(1, round(fraction * len(pieces)))
+        chosen = np.random.default_rng(seed).permutation(pieces)[:keep]
+        self.positions = np.flatnonzero(np.isin(piece_ids, chosen))
+        self.num_pieces = keep
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, position: int) -> dict[str, Any]:
+        return self.source[int(self.positions[position])]
+
+    def __getitems__(self, positions: Sequence[int]) -> list[dict[str, Any]]:
+        getitems = getattr(self.source, "__getitems__", None)
+        underlying = [int(self.positions[p]) for p in positions]
+        return list(getitems(underlying)) if getitems is not None else [self.source[p] for p in underlying]

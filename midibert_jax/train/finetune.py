@@ -65,8 +65,25 @@ def score_weights(level: str, targets: jax.Array, selected: jax.Array | None, cf
     return weights if valid is None else weights & valid
 
 
-def make_train_step(model, level: str, aug_cfg: augment.AugmentConfig):
-    """(state, batch) -> (state, metrics). Pure; jit it with shardings and donation."""
+FROZEN_GROUP = "encoder"  # what train.freeze_encoder keeps fixed (the head trains)
+
+
+def frozen_labels(params) -> dict[str, Any]:
+    """'frozen' for the encoder's parameters, 'trained' for the head's (optax.multi_transform labels)."""
+    import flax.linen as nn  # pylint: disable=import-outside-toplevel
+
+    # A boxed (logically annotated) parameter is one leaf: its moments get the same box (sharded_state).
+    return {name: jax.tree.map(lambda _, n=name: "frozen" if n == FROZEN_GROUP else "trained", group,
+                               is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+            for name, group in params.items()}
+
+
+def make_train_step(model, level: str, aug_cfg: augment.AugmentConfig, freeze_encoder: bool = False):
+    """(state, batch) -> (state, metrics). Pure; jit it with shardings and donation.
+
+    With `freeze_encoder` no gradient flows into the encoder (XLA then drops its backward pass) and the
+    optimiser leaves it unchanged (see `FinetuneTrainer`): only the head learns, a probe of the encoder.
+    """
     target_key = TARGET_KEY[level]
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]):
@@ -77,6 +94,8 @@ def make_train_step(model, level: str, aug_cfg: augment.AugmentConfig):
         weights = score_weights(level, targets, x.selected, aug_cfg)
 
         def loss_fn(params):
+            if freeze_encoder:
+                params = {**params, FROZEN_GROUP: jax.lax.stop_gradient(params[FROZEN_GROUP])}
             logits = model.apply({"params": params}, x.tokens, nonpad, deterministic=False, rngs={"dropout": k_dropout})
             sums = classification_metrics.cross_entropy_sums(logits, targets, weights)
             return sums["loss"] / jnp.maximum(sums["count"], 1.0), sums
@@ -165,13 +184,16 @@ class FinetuneTrainer(trainer_lib.Trainer):
         optim_cfg = ml_collections.ConfigDict(config.optim.to_dict())
         optim_cfg.total_steps = config.optim.total_steps or max(total_steps, config.optim.warmup_steps + 1)
         tx, self.schedule = optim.make_optimizer(optim_cfg)
+        self.freeze_encoder = bool(config.train.get("freeze_encoder", False))
+        if self.freeze_encoder:  # no updates, and no weight decay, for the encoder
+            tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, frozen_labels)
         level, target = task.level, task.target_key
         ranks = {"tokens": 3, "index": 1, "piece_id": 1, "valid": 1, target: 2 if level == "note" else 1}
         super().__init__(config, models.build_classifier(config.model, task), tx, batch_ranks=ranks, mesh=mesh,
                          rules=rules)
         self.train_keys = ("tokens", "index", target)
         self.eval_keys = ("tokens", "index", target, "piece_id", "valid")
-        step = make_train_step(self.model, level, self.aug_cfg)
+        step = make_train_step(self.model, level, self.aug_cfg, self.freeze_encoder)
         self.train_step = self.jit_train_step(wrap_step(step) if wrap_step else step, self.train_keys)
         self.eval_step = self.jit_eval_step(make_eval_step(self.model, level, self.aug_cfg, task.num_classes),
                                             self.eval_keys)
@@ -321,6 +343,9 @@ def train_and_evaluate(
     task = task or task_info(config, data.dataset_dir)
     cfg = resolve_config(config, task, workdir, resuming=resuming)
     primary = jax.process_index() == 0
+    piece_fraction = cfg.train.get("piece_fraction", 1.0)
+    if piece_fraction < 1.0:
+        data = dataclasses.replace(data, train=pipeline.PieceSubset(data.train, piece_fraction, cfg.seed))
     plan = pipeline.train_plan(
         data.train, global_batch_size=cfg.data.batch_size, seed=cfg.seed,
         process_index=jax.process_index(), process_count=jax.process_count(),
@@ -354,10 +379,11 @@ def train_and_evaluate(
                       f"best validation accuracy {record['best_accuracy']} at step {record['best_step']}")
             return {**summary, **_result(record)}
         train_step, report = trainer.compile_train_step()
+        subset = f" ({data.train.num_pieces} pieces: {piece_fraction:g} of the split's)" if piece_fraction < 1.0 else ""
         if primary:
             print(f"[finetune] {task.name} ({task.level}, {task.num_classes} classes) {origin} at step {start}; "
-                  f"{jax.device_count()} devices; {len(data.train)} training windows, {plan.steps_per_epoch} steps/epoch, "
-                  f"at most {total_steps} steps, evaluation every {eval_every}; compiled in "
+                  f"{jax.device_count()} devices; {len(data.train)} training windows{subset}, "
+                  f"{plan.steps_per_epoch} steps/epoch, at most {total_steps} steps, evaluation every {eval_every}; compiled in "
                   f"{report['compile_seconds']:.1f} s, {report.get('peak_bytes_estimate', 0) / 2**20:.0f} MiB/device")
         batches = pipeline.plan_iterator(data.train, plan, start_step=start, num_threads=cfg.data.read_threads,
                                          prefetch=cfg.data.prefetch)
