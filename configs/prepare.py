@@ -9,7 +9,7 @@ Run:
 
 `get_config(arg)` takes a variant, then comma-separated modifiers:
   demo | folder          which builder (music21_demo or midi_folder)
-  runlocal               a laptop-sized build (200 demo works, 256-row windows)
+  runlocal               laptop-sized windows (256 rows)
   reference              the reference's packing across pieces (REFERENCE.md §1.3)
   beam                   build with Apache Beam (DirectRunner unless beam_options say otherwise)
 
@@ -89,8 +89,9 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
 
     # The demo corpus (dataset='demo').
     config.demo = ml_collections.ConfigDict()
-    # Works to convert, balanced across collections (all ~80 classical scores fit in 1000); 0 -> all ~13,000.
-    config.demo.max_pieces = 1000
+    # Works to take, balanced across collections (a seeded draw); 0 -> all of them (~13,000 works: the folk-song
+    # books' tunes one by one, and every classical score; converted once, then cached).
+    config.demo.max_pieces = 0
     # Comma-separated music21 collections; empty -> all but demos/theoryExercises.
     # bach, palestrina, monteverdi and trecento are held out for evaluation and refused.
     config.demo.collections = ""
@@ -103,7 +104,6 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     add_build_fields(config)
 
     if "runlocal" in modifiers:
-        config.demo.max_pieces = 200
         config.max_len = 256
     if "reference" in modifiers:
         config.packing = "reference"

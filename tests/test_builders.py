@@ -259,6 +259,30 @@ def test_demo_builder_converts_caches_and_builds(tmp_path):
     assert len(inputs) == 4 and excluded not in {i.name for i in inputs}
 
 
+def test_fast_conversion_skips_beaming_without_changing_the_midi(tmp_path):
+    """The worker parses without music21's beaming and pickle cache; the MIDI is byte for byte the same."""
+    from music21 import converter
+
+    for work in (demo_corpus.Work("airdsAirs/book1.abc", 2), demo_corpus.Work("essenFolksong/altdeu10.abc", 4)):
+        source = os.path.join(demo_corpus.corpus_root(), work.source)
+        out = tmp_path / "fast.mid"
+        result = demo_corpus.convert_work(demo_corpus.ConvertTask(source, work.number, str(out), "fast"))
+        assert result["status"] == "ok"
+        demo_corpus._score_to_midi_fast(converter.parse(source, number=work.number, forceSource=True), str(tmp_path / "ref.mid"))
+        assert out.read_bytes() == (tmp_path / "ref.mid").read_bytes()
+
+
+def test_summary_counts_per_top_level_folder():
+    records = [manifest.FileRecord(piece_id=i, path=p, status=st, num_notes=n, num_windows=w, split="train")
+               for i, (p, st, n, w) in enumerate([("folk/a.mid", "ok", 100, 1), ("folk/b.mid", "ok", 50, 1),
+                                                   ("classical/c.mid", "ok", 900, 8), ("folk/d.mid", "skipped", 0, 0)])]
+    summary = manifest.Manifest(records).summary()
+    assert summary["groups"] == {"classical": {"pieces": 1, "windows": 8, "notes": 900, "skipped": 0},
+                                 "folk": {"pieces": 2, "windows": 2, "notes": 150, "skipped": 1}}
+    text = manifest.format_summary(summary)
+    assert "classical" in text and text.index("classical") < text.index("folk")  # largest first
+
+
 def test_registered_demo_configs_are_found_by_fields():
     assert corpus.demo_config().name == "default"
     assert corpus.demo_config(packing="reference").name == "reference"

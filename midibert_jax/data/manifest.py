@@ -100,11 +100,22 @@ class Manifest:
             s["notes"] += r.num_notes
             s["stream_rows"] += r.num_stream_rows
         slowest = sorted(self.records, key=lambda r: -r.seconds)[:5]
+        groups: dict[str, dict[str, int]] = {}
+        for r in self.records:  # per top-level folder: the demo corpus' collections, a folder's sub-folders
+            g = groups.setdefault(r.path.split("/", 1)[0] if "/" in r.path else ".",
+                                  {"pieces": 0, "windows": 0, "notes": 0, "skipped": 0})
+            if r.status == "ok":
+                g["pieces"] += 1
+                g["windows"] += r.num_windows
+                g["notes"] += r.num_notes
+            elif r.status == "skipped":
+                g["skipped"] += 1
         return {
             "files": len(self.records),
             "status": {k: status.get(k, 0) for k in STATUSES},
             "skipped_by_kind": dict(kinds.most_common()),
             "splits": splits,
+            "groups": dict(sorted(groups.items(), key=lambda kv: -kv[1]["notes"])),
             "seconds_total": round(sum(r.seconds for r in self.records), 3),
             "slowest": [(r.path, round(r.seconds, 3)) for r in slowest if r.seconds > 0],
             **{k: v for k, v in self.info.items() if k not in ("records",)},
@@ -131,14 +142,14 @@ class Manifest:
         return cls(records, info)
 
 
-_DERIVED_SUMMARY_KEYS = ("files", "status", "skipped_by_kind", "splits", "seconds_total", "slowest")
+_DERIVED_SUMMARY_KEYS = ("files", "status", "skipped_by_kind", "splits", "groups", "seconds_total", "slowest")
 
 
 def read_jsonl_records(lines: Iterable[str]) -> list[FileRecord]:
     return [FileRecord.from_dict(json.loads(line)) for line in lines if line.strip()]
 
 
-def format_summary(summary: dict[str, Any], max_reasons: int = 10) -> str:
+def format_summary(summary: dict[str, Any], max_reasons: int = 10, max_groups: int = 12) -> str:
     """Human-readable multi-line summary of `Manifest.summary()`."""
     lines = []
     name = summary.get("dataset", "dataset")
@@ -153,6 +164,15 @@ def format_summary(summary: dict[str, Any], max_reasons: int = 10) -> str:
         if s.get("stream_rows"):
             parts.append(f"{s['stream_rows']} packed rows incl. EOS")
         lines.append(f"  {split}: " + ", ".join(parts))
+    groups = summary.get("groups", {})
+    if len(groups) > 1:
+        lines.append(f"  per folder (largest first): {'pieces':>7s} {'windows':>8s} {'notes':>9s} {'skipped':>7s}")
+        for name, g in list(groups.items())[:max_groups]:
+            lines.append(f"    {name[:26]:26s} {g['pieces']:7d} {g['windows']:8d} {g['notes']:9d} {g['skipped']:7d}")
+        if len(groups) > max_groups:
+            rest = list(groups.values())[max_groups:]
+            lines.append(f"    {f'... {len(rest)} more':26s} " + " ".join(
+                f"{sum(g[k] for g in rest):{w}d}" for k, w in (("pieces", 7), ("windows", 8), ("notes", 9), ("skipped", 7))))
     for split, n in sorted(summary.get("examples", {}).items()):
         lines.append(f"  {split}: {n} examples written")
     kinds = summary.get("skipped_by_kind", {})
