@@ -22,6 +22,8 @@ COMMANDS = {
     "prepare": ("midibert_jax.commands.prepare", "build a TFDS dataset (demo corpus or a MIDI folder)"),
     "pretrain": ("midibert_jax.commands.pretrain", "adversarial (or random-mask) pre-training"),
     "finetune": ("midibert_jax.commands.finetune", "fine-tune a classifier on a note- or sequence-level task"),
+    "experiment": ("midibert_jax.commands.experiment",
+                   "adversarial vs. random masking vs. no pre-training: every run, test metrics, paired tests"),
     "evaluate": ("midibert_jax.commands.evaluate", "evaluate a workdir: metrics JSON and confusion matrix"),
     "predict": ("midibert_jax.commands.predict", "run a fine-tuned model on your own MIDI file"),
     "compile-check": ("midibert_jax.commands.compile_check", "compile the training step and print its memory"),

@@ -15,6 +15,10 @@ The layout of a training workdir (the only place these names are spelled):
     <workdir>/metrics.jsonl                one JSON object of scalars per logged step
     <workdir>/tensorboard/                 event files of the same scalars
     <workdir>/eval_<split>.json            evaluations (+ eval_<split>_confusion.png)
+    <workdir>/experiment_run.json          a run of `midibert-jax experiment`, finished: its test results
+
+of an experiment folder (`midibert-jax experiment`): `experiment.json`, `experiment.png`,
+`pretrain/<arm>_s<seed>/` and `finetune/<task>/<arm>_s<seed>_<protocol>_f<fraction>/` (workdirs),
 
 and of an imported PyTorch checkpoint (`midibert-jax import-torch`): `<dir>/config.json` and
 `<dir>/params/` (an orbax tree).
@@ -34,6 +38,9 @@ METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 COMPILE_REPORT = "compile_report.json"
 DEMO_SUMMARY = "demo_summary.json"
+EXPERIMENT_FILE = "experiment.json"
+EXPERIMENT_PLOT = "experiment.png"
+EXPERIMENT_RUN = "experiment_run.json"
 IMPORTED_CONFIG = "config.json"
 IMPORTED_PARAMS = "params"
 

@@ -1,5 +1,5 @@
 """Writes the notebooks of this folder (outputs stripped). Edit here, then: python notebooks/make_notebooks.py"""
-import nbformat as nbf, sys
+import nbformat as nbf
 
 def nb(cells, path):
     book = nbf.v4.new_notebook()
@@ -44,3 +44,11 @@ nb([
  ("code", "import matplotlib.pyplot as plt\n\nfrom midibert_jax import analysis\n\nresults = {w: analysis.eval_result(w, split) for w in workdirs.split(\",\") if w}\nfor w, r in results.items():\n    extra = f\", piece accuracy {r['piece_accuracy']:.3f}\" if \"piece_accuracy\" in r else \"\"\n    print(f\"{w}: {r['task']} {split} accuracy {r['accuracy']:.3f}, macro-F1 {r['macro_f1']:.3f}{extra}\")\n    print(analysis.per_class_table(r))"),
  ("code", "fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4.6), squeeze=False)\nfor ax, (w, r) in zip(axes[0], results.items()):\n    analysis.draw_confusion(ax, r[\"confusion_matrix\"], r[\"class_names\"], title=f\"{r['task']} ({split})\")\nplt.tight_layout()\nplt.show()"),
 ], "notebooks/04_finetuning.ipynb")
+
+nb([
+ ("md", "# 05 · The experiment\nAdversarial masking vs. random masking vs. no pre-training (`midibert-jax experiment`): test metrics per task, protocol (probe: frozen encoder; finetune: every weight) and fraction of the training pieces, mean ± sd over the seeds, and the paired differences (same seed) with a paired t-test. Reads `experiment.json`; a partial experiment shows what has finished."),
+ ("code", "# Parameters\nworkdir = \"runs/experiment\"  # an experiment folder (midibert-jax experiment --workdir)\nmetric = \"accuracy\"  # the metric plotted: accuracy, macro_f1 or piece_accuracy", ["parameters"]),
+ ("code", "import matplotlib.pyplot as plt\n\nfrom midibert_jax import experiment\n\nreport = experiment.load_report(workdir)\nprint(f\"{report['finished_runs']} of {report['planned_runs']} fine-tuning runs finished on {report['machine'].get('cpu', '?')} ({report['machine'].get('backend', '?')})\")\nprint(experiment.format_table(report))"),
+ ("code", "fig = plt.figure(figsize=experiment.figure_size(report))\nexperiment.draw(fig, report, metric)\nplt.tight_layout()\nplt.show()"),
+ ("code", "for p in report[\"paired\"]:\n    if p[\"metric\"] == metric:\n        test = f\"t={p['t']:.2f}, p={p['p']:.3g}\" if p[\"p\"] is not None else \"p n/a\"\n        print(f\"{p['task']:>16s} {p['protocol']:8s} f={p['fraction']:<4g} {p['a']:>11s} - {p['b']:<11s} {p['mean_diff']:+.3f} (n={p['n']}, {test})\")"),
+], "notebooks/05_experiment.ipynb")

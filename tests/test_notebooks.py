@@ -1,6 +1,7 @@
-"""The four notebooks, executed (nbclient) against real tiny workdirs made here through the CLI:
+"""The notebooks, executed (nbclient) against real tiny workdirs made here through the CLI:
 an adversarial and a random-mask pre-training run, a fine-tuning run from the first, and its
-evaluation. Each notebook must run without error and render its figures."""
+evaluation; 05 reads an experiment.json made here from synthetic run results (tests/test_experiment.py
+runs the command itself). Each notebook must run without error and render its figures."""
 
 import base64
 import io
@@ -114,3 +115,20 @@ def test_04_finetuning(workdirs):
     root, runs = workdirs
     assert (runs["finetune"] / "eval_test.json").exists()
     _check(_execute("04_finetuning.ipynb", {"workdirs": str(runs["finetune"]), "split": "test"}, root), 1)
+
+
+def test_05_experiment(tmp_path):
+    from midibert_jax import experiment
+
+    rng = np.random.default_rng(0)
+    base = {"adversarial": 0.8, "random": 0.75, "none": 0.6}
+    runs = [{"task": task, "arm": arm, "seed": seed, "protocol": protocol, "fraction": fraction,
+             "test": {"accuracy": base[arm] * (0.8 + 0.2 * fraction) + 0.02 * rng.standard_normal(),
+                      "macro_f1": base[arm] - 0.1 + 0.02 * rng.standard_normal()}}
+            for task in ("demo_note", "demo_sequence") for arm in base for seed in (0, 1, 2)
+            for protocol in ("probe", "finetune") for fraction in (0.1, 1.0)]
+    missing = [{**{k: runs[-1][k] for k in ("task", "arm", "protocol", "fraction")}, "seed": 3, "workdir": "w"}]
+    report = experiment.build_report({"metrics": ["accuracy", "macro_f1"]}, runs, missing=missing,
+                                     machine={"cpu": "synthetic", "backend": "cpu"}, metrics=("accuracy", "macro_f1"))
+    experiment.write_report(report, tmp_path / "experiment")
+    _check(_execute("05_experiment.ipynb", {"workdir": str(tmp_path / "experiment")}, tmp_path), 1)

@@ -1,0 +1,109 @@
+r"""The paper's claim as an experiment: adversarial masking vs. random masking vs. no pre-training.
+
+Run:
+  midibert-jax experiment --config configs/experiment.py --workdir runs/experiment
+  midibert-jax experiment --config configs/experiment.py --workdir runs/experiment \
+      --config.seeds="(0,)" --config.fractions="(1.0,)" --config.pretrain.overrides.train.steps=300
+  midibert-jax experiment --config configs/experiment.py:tpu --workdir gs://bucket/runs/experiment
+
+Every arm x seed is one pre-training run (`pretrain/<arm>_s<seed>/`; the `none` arm has none), and
+every arm x seed x task x protocol x fraction one fine-tuning run
+(`finetune/<task>/<arm>_s<seed>_<protocol>_f<fraction>/`), evaluated on the task's test split; model
+selection is on validation only. All runs are ordinary, resumable runs: running again continues
+where it stopped and reuses the finished ones (midibert_jax/experiment.py).
+
+`get_config(arg)`: a variant, then comma-separated modifiers:
+  runlocal   (default) laptop size: the tiny model on 128-note windows of the demo corpus, 600
+             pre-training steps, 3 fine-tuning epochs on the two demo tasks (no download)
+  tpu        the base model (configs/pretrain.py:base) on 1,024-note windows, 20,000 steps with
+             256-window batches, 10 fine-tuning epochs (see README: for an accelerator slice)
+  quick      one seed and one fraction (1.0): a first look in a fraction of the time
+
+Overrides: `pretrain.overrides`, `finetune.overrides`, `protocol_overrides.<protocol>` and
+`task_overrides.<task>` mirror the fine-tuning / pre-training configs' own keys (e.g.
+`--config.pretrain.overrides.train.steps=300`); a key not listed here is added in a copy of this file.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+VARIANTS = ("runlocal", "tpu")
+MODIFIERS = ("quick",)
+
+
+def _parse(arg: str | None) -> tuple[str, set[str]]:
+    parts = [p.strip() for p in (arg or "runlocal").split(",") if p.strip()]
+    return parts[0], set(parts[1:])
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    variant, modifiers = _parse(arg)
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r} in config arg {arg!r}; choose one of {VARIANTS}")
+    if unknown := modifiers - set(MODIFIERS):
+        raise ValueError(f"unknown config modifier(s) {sorted(unknown)} in {arg!r}; known: {list(MODIFIERS)}")
+    tpu = variant == "tpu"
+
+    config = ml_collections.ConfigDict()
+    # Pre-training arms: 'adversarial' (the paper's masker), 'random' (MidiBERT-Piano's 15% MLM: the
+    # pre-training config with masking=random) and 'none' (no pre-training: a random encoder).
+    config.arms = ("adversarial", "random", "none")
+    # Replicates. Seed s is the pre-training config's `seed` and the fine-tuning config's `seed` of
+    # replicate s (so paired comparisons across arms share the fine-tuning data order and piece draw).
+    config.seeds = (0, 1, 2)
+
+    config.pretrain = ml_collections.ConfigDict()
+    # The pre-training config (PATH:ARG) of the adversarial arm; the random arm is the same plus masking=random.
+    config.pretrain.spec = "configs/pretrain.py:base" if tpu else "configs/pretrain.py:tiny,runlocal"
+    # Values set on the pre-training config (keys as in configs/pretrain.py). The experiment keeps
+    # optim.warmup_steps below train.steps (a tenth of them when it would not be). `seed` and
+    # `masking.policy` are the experiment's to set.
+    config.pretrain.overrides = ml_collections.ConfigDict({
+        # Windows (notes) of pre-training and fine-tuning alike; a multiple of 8.
+        "data": {"max_len": 1024 if tpu else 128, "batch_size": 256 if tpu else 8},
+        # Steps, and how often to evaluate (validation masked-note accuracy) and save.
+        "train": {"steps": 20_000 if tpu else 600, "eval_every": 1_000 if tpu else 100,
+                  "checkpoint_every": 1_000 if tpu else 200},
+        # Mask-book refreshes every N (unit: configs/pretrain.py; runlocal: steps).
+        "mask_book": {"every": 5 if tpu else 100},
+        # Peak learning rate and warmup.
+        "optim": {"learning_rate": 1e-4 if tpu else 5e-4, "warmup_steps": 1_000 if tpu else 30},
+    })
+
+    # Fine-tuning tasks (PATH:ARG of configs/finetune.py, any task: folder_sequence on your folder,
+    # POP909 melody, ...). A task's name is its ARG's first item; write `NAME=PATH:ARG` to choose another
+    # (e.g. two folder tasks). Its data root and other task-specific values go in task_overrides.
+    config.tasks = (("configs/finetune.py:demo_note", "configs/finetune.py:demo_sequence") if tpu else
+                    ("configs/finetune.py:demo_note,runlocal", "configs/finetune.py:demo_sequence,runlocal"))
+    config.finetune = ml_collections.ConfigDict()
+    # Values set on every fine-tuning config (keys as in configs/finetune.py). data.max_len and the
+    # encoder's architecture follow the pre-training config; `seed`, train.init_from,
+    # train.from_scratch, train.freeze_encoder and train.piece_fraction are the experiment's to set.
+    config.finetune.overrides = ml_collections.ConfigDict({
+        # Most epochs (early stopping on validation accuracy may end a run sooner) and its patience.
+        "train": {"epochs": 10 if tpu else 3, "patience": 5},
+        # Windows per step.
+        "data": {"batch_size": 32 if tpu else 8},
+    })
+    # Per task name: values set on that task's fine-tuning configs (e.g. {"mine": {"data": {"root": DIR}}}).
+    config.task_overrides = ml_collections.ConfigDict()
+
+    # 'probe': the task head on the frozen encoder (train.freeze_encoder; for the none arm a frozen
+    # random encoder, the standard baseline); 'finetune': every weight trained.
+    config.protocols = ("probe", "finetune")
+    # Per protocol: values set on its fine-tuning configs (a probe trains only the head: a higher rate).
+    config.protocol_overrides = ml_collections.ConfigDict({
+        "probe": {"optim": {"learning_rate": 1e-3}},
+        "finetune": {"optim": {"learning_rate": 2e-5 if tpu else 1e-4}},
+    })
+    # Fractions of the training split's pieces (train.piece_fraction: a seeded draw of whole pieces by the
+    # replicate's seed, the same for every arm). Validation and test splits are always whole.
+    config.fractions = (0.1, 1.0)
+    # Test metrics aggregated (those a run's evaluation has; piece_accuracy: sequence tasks only).
+    config.metrics = ("accuracy", "macro_f1", "piece_accuracy")
+
+    if "quick" in modifiers:
+        config.seeds = (0,)
+        config.fractions = (1.0,)
+    return config

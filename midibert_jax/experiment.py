@@ -1,0 +1,683 @@
+"""The paper's claim, testable on any labelled data: adversarial vs. random masking vs. no pre-training.
+
+    report = run_experiment(config, "runs/experiment")    # configs/experiment.py; writes experiment.json/.png
+    print_table(report)
+
+Every arm x seed is an ordinary pre-training run and every arm x seed x task x protocol x fraction an
+ordinary fine-tuning run (`train_and_evaluate` of train/pretrain.py and train/finetune.py), its best
+checkpoint by validation accuracy evaluated on the test split (`evaluate.evaluate_workdir`). Layout:
+
+    <workdir>/pretrain/<arm>_s<seed>/                                   (no folder for the 'none' arm)
+    <workdir>/finetune/<task>/<arm>_s<seed>_<protocol>_f<fraction>/     (+ experiment_run.json once done)
+    <workdir>/experiment.json, experiment.png
+
+A fine-tuning run is finished when its folder holds `experiment_run.json` and an `eval_test.json` of
+its current best step, newer than its newest checkpoint: running again reuses it (even when the
+config changed since: a note says which keys; delete the folder to redo it), resumes an interrupted
+run and starts the others. The aggregation (`summarize`) covers the finished runs and says which are
+missing. Pure functions below the runner: they are tested on synthetic numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import os
+import platform
+import re
+import time
+from typing import Any, Callable, Iterable, Sequence
+
+import ml_collections
+import numpy as np
+from etils import epath
+
+from midibert_jax import paths
+from midibert_jax.config_loading import ConfigError, apply_override, load_config
+
+VERSION = 1
+ARMS = ("adversarial", "random", "none")
+PROTOCOLS = ("probe", "finetune")
+# Paired comparisons (a - b over the seeds both finished), in the order the paper's claim reads.
+PAIRS = (("adversarial", "random"), ("adversarial", "none"), ("random", "none"))
+# Keys of the run configs that the experiment sets itself (from the arm, seed, protocol, fraction).
+PRETRAIN_MANAGED = ("seed", "masking.policy")
+FINETUNE_MANAGED = ("seed", "data.max_len", "train.init_from", "train.from_scratch", "train.freeze_encoder",
+                    "train.piece_fraction")
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_LABELLED = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.+)$")
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainRun:
+    """One pre-training run of the plan."""
+
+    arm: str
+    seed: int
+    workdir: str
+    config: ml_collections.ConfigDict = dataclasses.field(compare=False, repr=False)
+
+    def describe(self) -> str:
+        return f"pretrain {self.arm} seed {self.seed}"
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneRun:
+    """One fine-tuning run of the plan; `pretrain_workdir` is None for the 'none' arm."""
+
+    task: str
+    arm: str
+    seed: int
+    protocol: str
+    fraction: float
+    workdir: str
+    pretrain_workdir: str | None
+    config: ml_collections.ConfigDict = dataclasses.field(compare=False, repr=False)
+
+    def describe(self) -> str:
+        return f"finetune {self.task} {self.arm} seed {self.seed} {self.protocol} fraction {self.fraction:g}"
+
+    def key(self) -> dict[str, Any]:
+        return {"task": self.task, "arm": self.arm, "seed": self.seed, "protocol": self.protocol,
+                "fraction": self.fraction}
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """All runs in execution order: per seed, per arm, its pre-training then its fine-tuning runs."""
+
+    runs: tuple[PretrainRun | FinetuneRun, ...]
+
+    @property
+    def pretrain(self) -> list[PretrainRun]:
+        return [r for r in self.runs if isinstance(r, PretrainRun)]
+
+    @property
+    def finetune(self) -> list[FinetuneRun]:
+        return [r for r in self.runs if isinstance(r, FinetuneRun)]
+
+
+def task_entry(entry: str) -> tuple[str, str]:
+    """A `tasks` item -> (name, config spec): `NAME=PATH:ARG`, or `PATH:ARG` named after ARG's first item."""
+    labelled = _LABELLED.match(entry)
+    if labelled:
+        return labelled.group(1), labelled.group(2)
+    path, _, arg = entry.partition(":")
+    name = arg.split(",")[0].strip() if arg else os.path.splitext(os.path.basename(path))[0]
+    return name, entry
+
+
+def flatten(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """A nested ConfigDict / dict -> [(dotted key, leaf value)], in insertion order."""
+    if tree is None:
+        return []
+    out = []
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, (ml_collections.ConfigDict, dict)):
+            out.extend(flatten(value, dotted + "."))
+        else:
+            out.append((dotted, value))
+    return out
+
+
+def _apply(config: ml_collections.ConfigDict, values: Any, where: str, managed: Sequence[str]) -> None:
+    """Sets the (nested) `values` on `config`, type-checked; errors name the experiment key `where`."""
+    for key, value in flatten(values):
+        if key in managed:
+            raise ConfigError(f"{where}.{key}: set by the experiment itself (from the arm, seed, protocol or "
+                              "fraction); remove it")
+        try:
+            apply_override(config, key, value if isinstance(value, str) else repr(value))
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from e
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError naming the key of an experiment config field that cannot be used."""
+    def fail(key: str, why: str):
+        raise ConfigError(f"{key}={config.get(key)!r}: {why}")
+
+    if not config.arms or set(config.arms) - set(ARMS) or len(set(config.arms)) != len(config.arms):
+        fail("arms", f"must be distinct items of {ARMS}")
+    if not config.seeds or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in config.seeds) \
+            or len(set(config.seeds)) != len(config.seeds):
+        fail("seeds", "must be distinct non-negative integers")
+    if not config.protocols or set(config.protocols) - set(PROTOCOLS) or len(set(config.protocols)) != len(config.protocols):
+        fail("protocols", f"must be distinct items of {PROTOCOLS}")
+    if not config.fractions or any(not isinstance(f, (int, float)) or not 0.0 < f <= 1.0 for f in config.fractions) \
+            or len(set(config.fractions)) != len(config.fractions):
+        fail("fractions", "must be distinct numbers in (0, 1] (fractions of the training pieces)")
+    if not config.tasks:
+        fail("tasks", "name at least one fine-tuning config (e.g. configs/finetune.py:demo_note,runlocal)")
+    names = [task_entry(t)[0] for t in config.tasks]
+    for name in names:
+        if not _NAME.match(name):
+            fail("tasks", f"task name {name!r} is not a folder name; write NAME=PATH:ARG")
+    if len(set(names)) != len(names):
+        fail("tasks", f"two tasks share a name ({names}); write NAME=PATH:ARG to tell them apart")
+    if unknown := set(config.task_overrides.keys()) - set(names):
+        fail("task_overrides", f"{sorted(unknown)} name no task (tasks: {names})")
+    if unknown := set(config.protocol_overrides.keys()) - set(PROTOCOLS):
+        fail("protocol_overrides", f"{sorted(unknown)} name no protocol of {PROTOCOLS}")
+    if not config.metrics:
+        fail("metrics", "name at least one test metric (accuracy, macro_f1, piece_accuracy)")
+
+
+def pretrain_config(config: ml_collections.ConfigDict, arm: str, seed: int) -> ml_collections.ConfigDict:
+    """The pre-training config of `arm` ('adversarial' | 'random') and `seed`."""
+    pre = load_config(config.pretrain.spec)
+    _apply(pre, config.pretrain.overrides, "pretrain.overrides", PRETRAIN_MANAGED)
+    if pre.masking.policy != "adversarial":
+        raise ConfigError(f"pretrain.spec={config.pretrain.spec!r} sets masking.policy={pre.masking.policy!r}: "
+                          "give the adversarial arm's config; the random arm adds masking=random to it")
+    pre.seed = seed
+    if arm == "random":  # what configs/pretrain.py's masking=random modifier does
+        pre.masking.policy = "random"
+        pre.mask_book.every = 0
+    if pre.optim.schedule == "warmup_cosine" and pre.optim.warmup_steps >= pre.train.steps:
+        pre.optim.warmup_steps = pre.train.steps // 10  # a short run: warmup must stay below the steps
+    return pre
+
+
+def finetune_config(config: ml_collections.ConfigDict, spec: str, task: str, arm: str, seed: int, protocol: str,
+                    fraction: float, pre: ml_collections.ConfigDict, pre_dir: str | None) -> ml_collections.ConfigDict:
+    """The fine-tuning config of one run; windows and encoder architecture are the pre-training config's."""
+    from midibert_jax.train import warm_start  # pylint: disable=import-outside-toplevel
+
+    ft = load_config(spec)
+    _apply(ft, config.finetune.overrides, "finetune.overrides", FINETUNE_MANAGED)
+    _apply(ft, config.task_overrides.get(task), f"task_overrides.{task}", FINETUNE_MANAGED)
+    _apply(ft, config.protocol_overrides.get(protocol), f"protocol_overrides.{protocol}", FINETUNE_MANAGED)
+    ft.seed = seed
+    ft.data.max_len = pre.data.max_len
+    # The same encoder in every arm (the pre-trained arms take it from init_from anyway).
+    for name in warm_start.ARCHITECTURE_FIELDS:
+        if name in pre.model and name in ft.model:
+            ft.model[name] = pre.model[name]
+    ft.train.init_from = pre_dir or ""
+    ft.train.from_scratch = pre_dir is None  # the 'scratch' modifier
+    ft.train.freeze_encoder = protocol == "probe"  # the 'probe' modifier
+    ft.train.piece_fraction = float(fraction)
+    return ft
+
+
+def plan(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Plan:
+    """Every run of the experiment, with its config (loaded and checked; nothing built or compiled)."""
+    check_config(config)
+    root = paths.resolve(workdir)
+    tasks = [task_entry(t) for t in config.tasks]
+    runs: list[PretrainRun | FinetuneRun] = []
+    for seed in config.seeds:
+        for arm in config.arms:
+            pre = pretrain_config(config, "adversarial" if arm == "none" else arm, seed)
+            pre_dir = None
+            if arm != "none":
+                pre_dir = os.fspath(root / "pretrain" / f"{arm}_s{seed}")
+                runs.append(PretrainRun(arm, seed, pre_dir, pre))
+            for name, spec in tasks:
+                for protocol in config.protocols:
+                    for fraction in config.fractions:
+                        workdir_ = os.fspath(root / "finetune" / name / f"{arm}_s{seed}_{protocol}_f{fraction:g}")
+                        ft = finetune_config(config, spec, name, arm, seed, protocol, fraction, pre, pre_dir)
+                        runs.append(FinetuneRun(name, arm, seed, protocol, float(fraction), workdir_, pre_dir, ft))
+    return Plan(tuple(runs))
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def held_out_pieces(dataset_dir: str | os.PathLike) -> set[str]:
+    """Keys of the pieces in a built dataset's validation and test splits (from its manifest)."""
+    from midibert_jax.data import manifest  # pylint: disable=import-outside-toplevel
+
+    return {r.path for r in manifest.Manifest.load(dataset_dir).records if r.split in ("validation", "test")}
+
+
+def hold_out_demo_pieces(the_plan: Plan, say: Callable[[str], Any] = print) -> int:
+    """When pre-training reads the demo corpus and a task is a demo task, keeps the task's validation and
+    test pieces out of pre-training (builds the tasks' datasets to know them). Returns how many."""
+    from midibert_jax.data import prepare, tasks  # pylint: disable=import-outside-toplevel
+
+    demo_runs = [r for r in the_plan.pretrain if r.config.data.dataset == "demo"]
+    data_blocks = {}
+    for run in the_plan.finetune:
+        if tasks.get_task(run.config.data.task).dataset == "demo":
+            data_blocks.setdefault(run.config.data.to_json(), run.config.data)
+    if not demo_runs or not data_blocks:
+        return 0
+    say("[experiment] building the demo tasks' datasets: their validation and test pieces stay out of pre-training")
+    held = set()
+    for data in data_blocks.values():
+        held |= held_out_pieces(prepare.prepare(data))
+    for run in demo_runs:
+        run.config.data.demo.exclude = tuple(sorted(held | set(run.config.data.demo.exclude)))
+    return len(held)
+
+
+def _validate(the_plan: Plan) -> None:
+    import jax  # pylint: disable=import-outside-toplevel
+
+    from midibert_jax import config_validation  # pylint: disable=import-outside-toplevel
+
+    seen = set()
+    for run in the_plan.runs:
+        text = run.config.to_json()
+        if text not in seen:
+            seen.add(text)
+            config_validation.validate(run.config, num_devices=jax.device_count(), num_processes=jax.process_count())
+
+
+def _is_primary() -> bool:
+    import jax  # pylint: disable=import-outside-toplevel
+
+    return jax.process_index() == 0
+
+
+def _mtime(path: epath.Path) -> float:
+    return float(path.stat().mtime)
+
+
+def _current_test_eval(workdir: str) -> dict[str, Any] | None:
+    """eval_test.json when it evaluates the run's current best step and is newer than its newest checkpoint."""
+    from midibert_jax import run as run_lib  # pylint: disable=import-outside-toplevel
+
+    path = paths.resolve(workdir) / paths.eval_file("test")
+    if not path.exists():
+        return None
+    try:
+        with run_lib.Run.open(workdir) as run:
+            best, latest = run.step("best"), run.latest_step
+            newest = run.checkpoint_dir / str(latest)
+    except run_lib.NoCheckpointError:
+        return None
+    result = paths.read_json(path)
+    if result.get("step") != best or _mtime(path) < _mtime(newest):
+        return None
+    return result
+
+
+def read_record(workdir: str) -> dict[str, Any] | None:
+    """A run's experiment_run.json, or None."""
+    path = paths.resolve(workdir) / paths.EXPERIMENT_RUN
+    return paths.read_json(path) if path.exists() else None
+
+
+def _changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    a, b = dict(flatten(old)), dict(flatten(new))
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k) and k != "train.init_from"]
+
+
+def _change_note(record: dict[str, Any] | None, config: ml_collections.ConfigDict) -> str:
+    """'' or a note naming the keys in which a reused run's recorded config differs from the planned one."""
+    changed = _changed_keys(record.get("config", {}), _plain(config)) if record else []
+    if not changed:
+        return ""
+    return (f" (NOTE: trained with another config: {'; '.join(changed[:4])}{' ...' if len(changed) > 4 else ''}; "
+            "delete its folder to redo it)")
+
+
+def _plain(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The config as JSON would give it back (tuples as lists), for comparisons with a stored one."""
+    import json  # pylint: disable=import-outside-toplevel
+
+    return json.loads(config.to_json())
+
+
+def run_finetune(run: FinetuneRun, metrics: Sequence[str], say: Callable[[str], Any] = print) -> dict[str, Any] | None:
+    """Trains (or resumes) and evaluates one fine-tuning run; returns its record (None: preempted).
+
+    A finished run (its record and a current eval_test.json) is reused without training."""
+    from midibert_jax import evaluate  # pylint: disable=import-outside-toplevel
+    from midibert_jax.train import finetune  # pylint: disable=import-outside-toplevel
+
+    record = read_record(run.workdir)
+    if record is not None and _current_test_eval(run.workdir) is not None:
+        say("[experiment]   finished earlier: reused" + _change_note(record, run.config))
+        return record
+    start = time.monotonic()
+    result = finetune.train_and_evaluate(run.config, run.workdir)
+    if result.get("stopped") == "preempted":
+        return None
+    test = _current_test_eval(run.workdir)
+    if test is None:
+        test = evaluate.evaluate_workdir(run.workdir, "test")
+    record = {**run.key(), "test": {m: float(test[m]) for m in metrics if m in test},
+              "validation_best_accuracy": result.get("best_accuracy"), "best_step": test.get("step"),
+              "seconds": round(time.monotonic() - start, 2), "config": _plain(run.config)}
+    if _is_primary():
+        paths.write_json(paths.resolve(run.workdir) / paths.EXPERIMENT_RUN, record)
+    return record
+
+
+def run_pretrain(run: PretrainRun, say: Callable[[str], Any] = print) -> bool:
+    """Trains (or resumes) one pre-training run unless it reached its steps; False when preempted."""
+    from midibert_jax import run as run_lib  # pylint: disable=import-outside-toplevel
+    from midibert_jax.train import pretrain  # pylint: disable=import-outside-toplevel
+
+    try:
+        with run_lib.Run.open(run.workdir) as existing:
+            latest = existing.latest_step
+    except run_lib.NoCheckpointError:
+        latest = None
+    seconds = None
+    if latest is not None and latest >= run.config.train.steps:
+        record = read_record(run.workdir)
+        say(f"[experiment]   finished earlier (step {latest}): reused" + _change_note(record, run.config))
+        if record is not None:
+            return True
+    else:
+        start = time.monotonic()
+        result = pretrain.train_and_evaluate(run.config, run.workdir)
+        if "preempted_at" in result:
+            return False
+        seconds = round(time.monotonic() - start, 2)
+    if _is_primary():
+        paths.write_json(paths.resolve(run.workdir) / paths.EXPERIMENT_RUN,
+                         {"arm": run.arm, "seed": run.seed, "seconds": seconds, "config": _plain(run.config)})
+    return True
+
+
+def run_experiment(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, progress: bool = True,
+                   max_runs: int | None = None) -> dict[str, Any]:
+    """Runs (or continues) every run of configs/experiment.py's `config` under `workdir`; writes
+    experiment.json and experiment.png there, prints the table; returns the report (see `build_report`).
+
+    max_runs: go through at most this many runs of the plan (pre-training and fine-tuning runs, finished
+    ones included) this time; 0 only aggregates what has finished.
+    """
+    say = print if progress and _is_primary() else (lambda text: None)
+    the_plan = plan(config, workdir)
+    _validate(the_plan)
+    total = len(the_plan.runs)
+    todo = the_plan.runs if max_runs is None else the_plan.runs[:max(0, max_runs)]
+    if todo:
+        held = hold_out_demo_pieces(the_plan, say)
+        if held:
+            say(f"[experiment] {held} pieces of the demo tasks' validation and test splits held out of pre-training")
+    stopped = ""
+    for i, run in enumerate(todo, 1):
+        say(f"[experiment] run {i}/{total}: {run.describe()} -> {run.workdir}")
+        finished = run_pretrain(run, say) if isinstance(run, PretrainRun) else run_finetune(run, config.metrics, say)
+        if not finished:
+            stopped = "preempted"
+            say("[experiment] preempted: rerun the same command to continue")
+            break
+    if not stopped and len(todo) < total:
+        stopped = f"max_runs={max_runs}"
+    report = collect(config, workdir, the_plan=the_plan, stopped=stopped)
+    if _is_primary():
+        write_report(report, workdir)
+    if progress and _is_primary():
+        print_table(report)
+        print(f"[experiment] {paths.resolve(workdir) / paths.EXPERIMENT_FILE}, "
+              f"{paths.resolve(workdir) / paths.EXPERIMENT_PLOT}")
+    return report
+
+
+def _last_value(workdir: str, key: str) -> float | None:
+    from midibert_jax import analysis  # pylint: disable=import-outside-toplevel
+
+    try:
+        values = analysis.read_metrics(workdir).get(key, ((), ()))[1]
+    except FileNotFoundError:
+        return None
+    return float(values[-1]) if len(values) else None
+
+
+def collect(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, the_plan: Plan | None = None,
+            stopped: str = "") -> dict[str, Any]:
+    """The report of the runs finished under `workdir` (their experiment_run.json); trains nothing.
+    `stopped`: why the runner stopped before the end of the plan ('preempted', 'max_runs=N'), if it did."""
+    the_plan = the_plan or plan(config, workdir)
+    runs, missing = [], []
+    for run in the_plan.finetune:
+        record = read_record(run.workdir)
+        if record is None:
+            missing.append({**run.key(), "workdir": run.workdir})
+            continue
+        runs.append({**run.key(), "workdir": run.workdir, "pretrain_workdir": run.pretrain_workdir,
+                     "test": record["test"], "validation_best_accuracy": record.get("validation_best_accuracy"),
+                     "best_step": record.get("best_step"), "seconds": record.get("seconds")})
+    pretrain_runs = []
+    for run in the_plan.pretrain:
+        record = read_record(run.workdir) or {}
+        pretrain_runs.append({"arm": run.arm, "seed": run.seed, "workdir": run.workdir, "steps": run.config.train.steps,
+                              "finished": bool(record),
+                              "validation_accuracy": _last_value(run.workdir, "eval/accuracy"),
+                              "seconds": record.get("seconds")})
+    return build_report(_plain(config), runs, missing=missing, pretrain=pretrain_runs, machine=machine_info(),
+                        metrics=tuple(config.metrics), stopped=stopped)
+
+
+def machine_info() -> dict[str, Any]:
+    """Where the numbers came from: platform, CPU model and ISA flags (Linux), JAX devices."""
+    import jax  # pylint: disable=import-outside-toplevel
+
+    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
+                            "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "isa": []}
+    cpuinfo = "/proc/cpuinfo"
+    if os.path.exists(cpuinfo):
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:  # a local system file, not a run file
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    info["cpu"] = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    info["isa"] = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+                    break
+    devices = jax.devices()
+    info.update(jax=jax.__version__, backend=jax.default_backend(), devices=len(devices),
+                device_kind=devices[0].device_kind, processes=jax.process_count())
+    return info
+
+
+# ----------------------------------------------------------------------------- aggregation (pure)
+
+
+def _finite(x: float | None) -> float | None:
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
+def _groups(runs: Iterable[dict[str, Any]], metrics: Sequence[str]):
+    """{(task, protocol, fraction, metric): {arm: {seed: value}}} of the runs' test metrics."""
+    groups: dict[tuple, dict[str, dict[int, float]]] = {}
+    for r in runs:
+        for metric in metrics:
+            value = r["test"].get(metric)
+            if value is not None:
+                key = (r["task"], r["protocol"], float(r["fraction"]), metric)
+                groups.setdefault(key, {}).setdefault(r["arm"], {})[int(r["seed"])] = float(value)
+    return groups
+
+
+def _order(key: tuple, metrics: Sequence[str]) -> tuple:
+    task, protocol, fraction, metric = key
+    return (task, PROTOCOLS.index(protocol) if protocol in PROTOCOLS else 9, fraction,
+            list(metrics).index(metric) if metric in metrics else 9)
+
+
+def summary_rows(runs: Iterable[dict[str, Any]], metrics: Sequence[str] = ("accuracy", "macro_f1", "piece_accuracy")
+                 ) -> list[dict[str, Any]]:
+    """Per task x protocol x fraction x metric x arm: n, mean and sd (ddof=1; None when n < 2) over the seeds."""
+    rows = []
+    groups = _groups(runs, metrics)
+    for key in sorted(groups, key=lambda k: _order(k, metrics)):
+        task, protocol, fraction, metric = key
+        for arm in sorted(groups[key], key=lambda a: ARMS.index(a) if a in ARMS else 9):
+            values = np.array(list(groups[key][arm].values()), np.float64)
+            rows.append({"task": task, "protocol": protocol, "fraction": fraction, "metric": metric, "arm": arm,
+                         "n": len(values), "mean": float(values.mean()),
+                         "sd": float(values.std(ddof=1)) if len(values) > 1 else None})
+    return rows
+
+
+def paired_rows(runs: Iterable[dict[str, Any]], metrics: Sequence[str] = ("accuracy", "macro_f1", "piece_accuracy"),
+                pairs: Sequence[tuple[str, str]] = PAIRS) -> list[dict[str, Any]]:
+    """Per task x protocol x fraction x metric and pair (a, b): the differences a - b over the seeds both
+    finished: n, mean, sd (ddof=1), and the paired t-test's t and two-sided p (None when n < 2 or the
+    differences do not vary)."""
+    from scipy import stats  # pylint: disable=import-outside-toplevel
+
+    rows = []
+    groups = _groups(runs, metrics)
+    for key in sorted(groups, key=lambda k: _order(k, metrics)):
+        task, protocol, fraction, metric = key
+        for a, b in pairs:
+            if a not in groups[key] or b not in groups[key]:
+                continue
+            seeds = sorted(set(groups[key][a]) & set(groups[key][b]))
+            if not seeds:
+                continue
+            x = np.array([groups[key][a][s] for s in seeds], np.float64)
+            y = np.array([groups[key][b][s] for s in seeds], np.float64)
+            diff = x - y
+            sd = float(diff.std(ddof=1)) if len(diff) > 1 else None
+            if sd is not None and np.ptp(diff) <= 1e-9 * max(1.0, float(np.abs(diff).max())):
+                sd = 0.0  # equal differences up to rounding (0.8 - 0.5 vs 0.7 - 0.4): no t-test
+            t = p = None
+            if sd:
+                test = stats.ttest_rel(x, y)
+                t, p = _finite(test.statistic), _finite(test.pvalue)
+            rows.append({"task": task, "protocol": protocol, "fraction": fraction, "metric": metric, "a": a, "b": b,
+                         "n": len(seeds), "seeds": seeds, "mean_diff": float(diff.mean()), "sd_diff": sd,
+                         "t": t, "p": p})
+    return rows
+
+
+def summarize(runs: Sequence[dict[str, Any]], metrics: Sequence[str] = ("accuracy", "macro_f1", "piece_accuracy")
+              ) -> dict[str, list[dict[str, Any]]]:
+    """{"summary": summary_rows, "paired": paired_rows} of run records ({task, arm, seed, protocol,
+    fraction, test: {metric: value}})."""
+    return {"summary": summary_rows(runs, metrics), "paired": paired_rows(runs, metrics)}
+
+
+def build_report(config: dict[str, Any], runs: Sequence[dict[str, Any]], *, missing: Sequence[dict[str, Any]] = (),
+                 pretrain: Sequence[dict[str, Any]] = (), machine: dict[str, Any] | None = None,
+                 metrics: Sequence[str] = ("accuracy", "macro_f1", "piece_accuracy"), stopped: str = "") -> dict[str, Any]:
+    """experiment.json: version, config, machine, counts (complete: every planned run finished; stopped:
+    why the last invocation ended early, '' if it did not), the pre-training runs, the finished
+    fine-tuning runs, the missing ones, summary and paired rows."""
+    return {"version": VERSION, "config": config, "machine": machine or {},
+            "planned_runs": len(runs) + len(missing), "finished_runs": len(runs), "complete": not missing,
+            "stopped": stopped,
+            "pretrain": list(pretrain), "runs": list(runs), "missing": list(missing), **summarize(runs, metrics)}
+
+
+def write_report(report: dict[str, Any], workdir: str | os.PathLike) -> None:
+    """experiment.json and experiment.png in `workdir` (local or gs://)."""
+    root = paths.resolve(workdir)
+    paths.write_json(root / paths.EXPERIMENT_FILE, report)
+    write_plot(report, root / paths.EXPERIMENT_PLOT)
+
+
+def load_report(workdir: str | os.PathLike) -> dict[str, Any]:
+    """The experiment.json of an experiment folder."""
+    path = paths.resolve(workdir) / paths.EXPERIMENT_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run `midibert-jax experiment --workdir {workdir}` first")
+    return paths.read_json(path)
+
+
+# ----------------------------------------------------------------------------- table and plot
+
+
+def _cell(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return "—"
+    sd = f" ± {row['sd']:.3f}" if row["sd"] is not None else ""
+    return f"{row['mean']:.3f}{sd} (n={row['n']})"
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """Mean ± sd (n) per arm and metric, then the paired differences of the first metric with p, as text."""
+    metrics = [m for m in report["config"].get("metrics", ("accuracy",))
+               if any(r["metric"] == m for r in report["summary"])]
+    lines = []
+    if not report["complete"]:
+        lines.append(f"PARTIAL: {report['finished_runs']} of {report['planned_runs']} fine-tuning runs finished "
+                     f"(missing: {len(report['missing'])}); the numbers below cover the finished ones")
+    cells = {(r["task"], r["protocol"], r["fraction"], r["metric"], r["arm"]): r for r in report["summary"]}
+    blocks = sorted({(r["task"], r["protocol"], r["fraction"]) for r in report["summary"]},
+                    key=lambda k: _order(k + ("",), metrics))
+    arms = [a for a in ARMS if any(r["arm"] == a for r in report["summary"])]
+    for task, protocol, fraction in blocks:
+        lines.append(f"\n{task}, {protocol}, fraction {fraction:g} (test split)")
+        lines.append(f"  {'arm':12s}" + "".join(f"{m:>26s}" for m in metrics))
+        for arm in arms:
+            if any((task, protocol, fraction, m, arm) in cells for m in metrics):
+                lines.append(f"  {arm:12s}" + "".join(f"{_cell(cells.get((task, protocol, fraction, m, arm))):>26s}"
+                                                       for m in metrics))
+        for p in report["paired"]:
+            if (p["task"], p["protocol"], p["fraction"], p["metric"]) == (task, protocol, fraction, metrics[0]):
+                sd = f" ± {p['sd_diff']:.3f}" if p["sd_diff"] is not None else ""
+                test = f", t={p['t']:.2f}, p={p['p']:.3g}" if p["p"] is not None else ", p n/a"
+                lines.append(f"  {p['a']} - {p['b']}: {p['mean_diff']:+.3f}{sd} {metrics[0]} (n={p['n']} paired seeds{test})")
+    return "\n".join(lines).lstrip("\n")
+
+
+def print_table(report: dict[str, Any]) -> None:
+    print("[experiment] results\n" + format_table(report))
+
+
+ARM_COLORS = {"adversarial": "tab:red", "random": "tab:blue", "none": "tab:gray"}
+
+
+def figure_size(report: dict[str, Any]) -> tuple[float, float]:
+    """(width, height) in inches for `draw`: one 4.5 x 3.4 panel per task x protocol."""
+    tasks = sorted({r["task"] for r in report["summary"]}) or ["-"]
+    protocols = sorted({r["protocol"] for r in report["summary"]}) or ["-"]
+    return 4.5 * len(protocols), 3.4 * len(tasks)
+
+
+def draw(fig, report: dict[str, Any], metric: str = "accuracy") -> None:
+    """Onto a matplotlib Figure: one panel per task x protocol, test `metric` against the label fraction
+    (log x), one line per arm, error bars one sd over the seeds."""
+    rows = [r for r in report["summary"] if r["metric"] == metric]
+    tasks = sorted({r["task"] for r in rows})
+    protocols = [p for p in PROTOCOLS if any(r["protocol"] == p for r in rows)]
+    if not rows:
+        ax = fig.subplots()
+        ax.text(0.5, 0.5, f"no finished runs with test {metric}", ha="center", va="center")
+        ax.set_axis_off()
+        return
+    axes = np.atleast_2d(fig.subplots(len(tasks), len(protocols), squeeze=False))
+    for i, task in enumerate(tasks):
+        for j, protocol in enumerate(protocols):
+            ax = axes[i, j]
+            for arm in ARMS:
+                points = sorted((r["fraction"], r["mean"], r["sd"] or 0.0) for r in rows
+                                if (r["task"], r["protocol"], r["arm"]) == (task, protocol, arm))
+                if points:
+                    x, y, e = zip(*points)
+                    ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=arm, color=ARM_COLORS[arm])
+            ax.set_xscale("log")
+            fractions = sorted({r["fraction"] for r in rows})
+            ax.set_xticks(fractions)
+            ax.set_xticklabels([f"{f:g}" for f in fractions])
+            ax.minorticks_off()
+            ax.set_title(f"{task} · {protocol}")
+            ax.set_xlabel("fraction of training pieces")
+            ax.set_ylabel(f"test {metric}")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.suptitle("" if report["complete"] else
+                 f"partial: {report['finished_runs']} of {report['planned_runs']} runs finished", fontsize=9)
+
+
+def write_plot(report: dict[str, Any], path: str | os.PathLike, metric: str = "accuracy") -> None:
+    """`draw` into a PNG (local or cloud path), without pyplot (no global backend)."""
+    from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+
+    fig = Figure(figsize=figure_size(report))
+    draw(fig, report, metric)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    epath.Path(path).write_bytes(buffer.getvalue())
