@@ -52,6 +52,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Replicates. Seed s is the pre-training config's `seed` and the fine-tuning config's `seed` of
     # replicate s (so paired comparisons across arms share the fine-tuning data order and piece draw).
     config.seeds = (0, 1, 2)
+    # Pre-training seeds, taken in turn by the replicates (replicate i: pretrain_seeds[i % n]); empty: each
+    # replicate pre-trains with its own seed. Fewer pre-training runs when they are the expensive part;
+    # the seed spread then covers fine-tuning (head init, data order, piece draw) and not pre-training.
+    config.pretrain_seeds = ()
 
     config.pretrain = ml_collections.ConfigDict()
     # The pre-training config (PATH:ARG) of the adversarial arm; the random arm is the same plus masking=random.

@@ -147,6 +147,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if not config.seeds or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in config.seeds) \
             or len(set(config.seeds)) != len(config.seeds):
         fail("seeds", "must be distinct non-negative integers")
+    pretrain_seeds = tuple(config.get("pretrain_seeds", ()) or ())
+    if any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in pretrain_seeds) \
+            or len(set(pretrain_seeds)) != len(pretrain_seeds):
+        fail("pretrain_seeds", "must be distinct non-negative integers (empty: each replicate its own `seeds` item)")
     if not config.protocols or set(config.protocols) - set(PROTOCOLS) or len(set(config.protocols)) != len(config.protocols):
         fail("protocols", f"must be distinct items of {PROTOCOLS}")
     if not config.fractions or any(not isinstance(f, (int, float)) or not 0.0 < f <= 1.0 for f in config.fractions) \
@@ -206,19 +210,29 @@ def finetune_config(config: ml_collections.ConfigDict, spec: str, task: str, arm
     return ft
 
 
+def pretrain_seed(config: ml_collections.ConfigDict, replicate: int) -> int:
+    """The pre-training seed of replicate `replicate` (position in `seeds`): `pretrain_seeds` in turn, else its own seed."""
+    pretrain_seeds = tuple(config.get("pretrain_seeds", ()) or ())
+    return pretrain_seeds[replicate % len(pretrain_seeds)] if pretrain_seeds else config.seeds[replicate]
+
+
 def plan(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Plan:
     """Every run of the experiment, with its config (loaded and checked; nothing built or compiled)."""
     check_config(config)
     root = paths.resolve(workdir)
     tasks = [task_entry(t) for t in config.tasks]
     runs: list[PretrainRun | FinetuneRun] = []
-    for seed in config.seeds:
+    planned: set[str] = set()
+    for i, seed in enumerate(config.seeds):
+        pre_seed = pretrain_seed(config, i)
         for arm in config.arms:
-            pre = pretrain_config(config, "adversarial" if arm == "none" else arm, seed)
+            pre = pretrain_config(config, "adversarial" if arm == "none" else arm, pre_seed)
             pre_dir = None
             if arm != "none":
-                pre_dir = os.fspath(root / "pretrain" / f"{arm}_s{seed}")
-                runs.append(PretrainRun(arm, seed, pre_dir, pre))
+                pre_dir = os.fspath(root / "pretrain" / f"{arm}_s{pre_seed}")
+                if pre_dir not in planned:  # shared by the replicates that reuse this pre-training seed
+                    planned.add(pre_dir)
+                    runs.append(PretrainRun(arm, pre_seed, pre_dir, pre))
             for name, spec in tasks:
                 for protocol in config.protocols:
                     for fraction in config.fractions:

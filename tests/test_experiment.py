@@ -154,6 +154,17 @@ def test_the_plan_sets_arms_protocols_fractions_and_shares_the_encoder(tmp_path)
     assert none.config.data.max_len == 128
 
 
+def test_replicates_can_share_pretraining_seeds(tmp_path):
+    """pretrain_seeds=(0,): one pre-training run per arm, used by every replicate; fine-tuning seeds still vary."""
+    plan = experiment.plan(_config(**{"pretrain_seeds": "(0,)"}), tmp_path)
+    assert [(r.arm, r.seed) for r in plan.pretrain] == [("adversarial", 0), ("random", 0)]
+    adversarial = [r for r in plan.finetune if r.arm == "adversarial"]
+    assert {r.seed for r in adversarial} == {0, 1, 2} and {r.config.seed for r in adversarial} == {0, 1, 2}
+    assert {r.config.train.init_from for r in adversarial} == {str(tmp_path / "pretrain" / "adversarial_s0")}
+    with pytest.raises(config_loading.ConfigError, match="pretrain_seeds"):
+        experiment.plan(_config(**{"pretrain_seeds": "(0, 0)"}), tmp_path)
+
+
 def test_short_runs_keep_warmup_below_the_steps_and_overrides_are_checked(tmp_path):
     config = _config(**{"pretrain.overrides.train.steps": "20", "seeds": "(0,)", "arms": "('adversarial',)"})
     pre = experiment.plan(config, tmp_path).pretrain[0].config
