@@ -13,8 +13,8 @@ selection is on validation only. All runs are ordinary, resumable runs: running 
 where it stopped and reuses the finished ones (midibert_jax/experiment.py).
 
 `get_config(arg)`: a variant, then comma-separated modifiers:
-  runlocal   (default) laptop size: the tiny model on 128-note windows of the demo corpus, 600
-             pre-training steps, 3 fine-tuning epochs on the two demo tasks (no download)
+  runlocal   (default) laptop size: the mini model on 128-note windows of the demo corpus, 800
+             pre-training steps, 100-step fine-tuning runs on the two demo tasks (no download)
   tpu        the base model (configs/pretrain.py:base) on 1,024-note windows, 20,000 steps with
              256-window batches, 10 fine-tuning epochs (see README: for an accelerator slice)
   quick      one seed and one fraction (1.0): a first look in a fraction of the time
@@ -59,7 +59,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.pretrain = ml_collections.ConfigDict()
     # The pre-training config (PATH:ARG) of the adversarial arm; the random arm is the same plus masking=random.
-    config.pretrain.spec = "configs/pretrain.py:base" if tpu else "configs/pretrain.py:tiny,runlocal"
+    config.pretrain.spec = "configs/pretrain.py:base" if tpu else "configs/pretrain.py:mini,runlocal"
     # Values set on the pre-training config (keys as in configs/pretrain.py). The experiment keeps
     # optim.warmup_steps below train.steps (a tenth of them when it would not be). `seed` and
     # `masking.policy` are the experiment's to set.
@@ -67,12 +67,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # Windows (notes) of pre-training and fine-tuning alike; a multiple of 8.
         "data": {"max_len": 1024 if tpu else 128, "batch_size": 256 if tpu else 8},
         # Steps, and how often to evaluate (validation masked-note accuracy) and save.
-        "train": {"steps": 20_000 if tpu else 600, "eval_every": 1_000 if tpu else 100,
+        "train": {"steps": 20_000 if tpu else 800, "eval_every": 1_000 if tpu else 200,
                   "checkpoint_every": 1_000 if tpu else 200},
-        # Mask-book refreshes every N (unit: configs/pretrain.py; runlocal: steps).
-        "mask_book": {"every": 5 if tpu else 100},
+        # Mask-book refreshes every N epochs (a refresh reads the whole training split: every epoch at most,
+        # so on the demo corpus' 13k windows a laptop run of less than an epoch trains the masker without one).
+        "mask_book": {"every": 5 if tpu else 1, "unit": "epoch"},
         # Peak learning rate and warmup.
-        "optim": {"learning_rate": 1e-4 if tpu else 5e-4, "warmup_steps": 1_000 if tpu else 30},
+        "optim": {"learning_rate": 1e-4 if tpu else 5e-4, "warmup_steps": 1_000 if tpu else 50},
     })
 
     # Fine-tuning tasks (PATH:ARG of configs/finetune.py, any task: folder_sequence on your folder,
@@ -85,8 +86,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # encoder's architecture follow the pre-training config; `seed`, train.init_from,
     # train.from_scratch, train.freeze_encoder and train.piece_fraction are the experiment's to set.
     config.finetune.overrides = ml_collections.ConfigDict({
-        # Most epochs (early stopping on validation accuracy may end a run sooner) and its patience.
-        "train": {"epochs": 10 if tpu else 3, "patience": 5},
+        # Most epochs, or (steps > 0) most steps whatever the fraction: a tenth of the pieces gets as many
+        # updates as all of them. Validation every eval_every steps (0: each epoch); early stopping after
+        # `patience` evaluations without a better validation accuracy.
+        "train": {"epochs": 10, "steps": 0, "eval_every": 0, "patience": 5} if tpu else
+                 {"epochs": 0, "steps": 100, "eval_every": 10, "patience": 5},
         # Windows per step.
         "data": {"batch_size": 32 if tpu else 8},
     })
@@ -99,7 +103,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Per protocol: values set on its fine-tuning configs (a probe trains only the head: a higher rate).
     config.protocol_overrides = ml_collections.ConfigDict({
         "probe": {"optim": {"learning_rate": 1e-3}},
-        "finetune": {"optim": {"learning_rate": 2e-5 if tpu else 1e-4}},
+        "finetune": {"optim": {"learning_rate": 2e-5 if tpu else 3e-4}},
     })
     # Fractions of the training split's pieces (train.piece_fraction: a seeded draw of whole pieces by the
     # replicate's seed, the same for every arm). Validation and test splits are always whole.

@@ -18,7 +18,7 @@ Run:
   folder_note                your MIDI files, one class per track name (note task)
   demo_note | demo_sequence  small tasks built from the demo corpus, no download (= demo_melody: first part
                              vs. the others per note; demo_collection: which folk-tune collection)
-  size=tiny|base|large       the model size (with init_from, the source's architecture is used instead)
+  size=mini|tiny|base|large  the model size (with init_from, the source's architecture is used instead)
   runlocal                   laptop size: tiny model, short windows, small batches, few epochs
   reference                  the reference's quirks (REFERENCE.md §7-8): masking and pitch shift also at
                              evaluation, 80% MASK of 15% of all positions, the last-example loss-mask bug,

@@ -6,7 +6,7 @@ Run:
   midibert-jax pretrain --config configs/pretrain.py:base --workdir gs://bucket/runs/base \
       --config.data.batch_size=256 --config.mesh.fsdp=8
 
-`get_config(arg)`: a size (tiny | base | large), then comma-separated modifiers:
+`get_config(arg)`: a size (mini | tiny | base | large), then comma-separated modifiers:
   masking=adversarial|random   the masking policy (random: MidiBERT-Piano's 15% baseline, no masker)
   masker=shared|separate       the masker runs on the recoverer's encoder (reference) or has its own tiny one
   reference                    every quirk of the reference implementation on (REFERENCE.md §6, §8)
@@ -25,7 +25,7 @@ from configs.model import get_model_config
 from configs.optim import get_optim_config
 from configs.prepare import get_config as get_prepare_config
 
-SIZES = ("tiny", "base", "large")
+SIZES = ("mini", "tiny", "base", "large")
 
 
 def _parse(arg: str | None) -> tuple[str, dict[str, str]]:

@@ -1,14 +1,18 @@
 """The README's main job, end to end, no download: what `midibert-jax demo` runs.
 
-1. builds the demo tasks' datasets, then the demo corpus (scores shipped with music21) without the
-   tasks' validation and test pieces, and pre-trains a tiny model on it with adversarial masking
-   (configs/pretrain.py:tiny,runlocal);
-2. fine-tunes the two demo tasks (note level: melody vs accompaniment; sequence level: which
-   folk-tune collection) from the pre-trained encoder, and from scratch for comparison;
-3. evaluates every fine-tuned model on its test split, writes `demo_summary.json` and prints where
-   everything is.
+A small experiment (midibert_jax/experiment.py) on the demo corpus, the whole of music21's corpus
+except the four collections kept for evaluation:
+1. builds the demo tasks' datasets, then the demo corpus without the tasks' validation and test
+   pieces, and pre-trains the mini model on it with adversarial masking (one pre-training seed);
+2. fine-tunes the two demo tasks (note level: melody vs accompaniment; sequence level: which folk-tune
+   collection) from the pre-trained encoder and from a random one ('none'), three fine-tuning seeds
+   each, with a tenth of the training pieces (the low-label setting, where pre-training should matter
+   most) in two protocols: a probe (the head on the frozen encoder) and full fine-tuning;
+3. evaluates every run's best checkpoint (chosen on validation) on the test split, prints mean ± sd per
+   arm and the pre-trained - none margin beside the seed spread, and says plainly where pre-training did
+   not pay. Writes experiment.json/.png and demo_summary.json.
 With `random_baseline` it also pre-trains with random masking (the MidiBERT-Piano baseline, same
-data, steps and evaluation) and prints both validation curves side by side.
+data, steps and evaluation), fine-tunes it the same way and prints both validation curves side by side.
 
 Each stage is an ordinary run (its own workdir, resumable): running again continues or reuses what
 is there. The folder may be local or a URL (gs://...): every file goes through `midibert_jax.paths`.
@@ -20,14 +24,14 @@ import dataclasses
 import os
 from typing import Any, Sequence
 
+import ml_collections
 from etils import epath
 
 from midibert_jax import analysis, paths
-from midibert_jax.data import manifest
 
 TASKS = ("demo_note", "demo_sequence")
-PRETRAIN_SPEC = "configs/pretrain.py:tiny,runlocal"
 CURVE_METRIC = "eval/accuracy"  # validation masked-note accuracy (random 15% masking, fixed seed)
+VERDICT_METRIC = "accuracy"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,18 +39,12 @@ class DemoOptions:
     """What `midibert-jax demo` takes (its flags)."""
 
     workdir: str = "runs/demo"
-    pretrain_steps: int = 1000
-    finetune_epochs: int = 5
+    pretrain_steps: int = 800
+    seeds: int = 3  # fine-tuning seeds per arm
     max_len: int = 128
-    scratch: bool = True  # also fine-tune from scratch, for comparison
+    scratch: bool = True  # the 'none' arm (a random encoder), for comparison
     random_baseline: bool = False
-    config_overrides: Sequence[tuple[str, str]] = ()  # (key, value) for the pre-training config
-
-
-def held_out_pieces(dataset_dir: str | os.PathLike) -> set[str]:
-    """Keys of the pieces in a built dataset's validation and test splits (from its manifest)."""
-    records = manifest.Manifest.load(dataset_dir).records
-    return {r.path for r in records if r.split in ("validation", "test")}
+    config_overrides: Sequence[tuple[str, str]] = ()  # (key, value) for the experiment config
 
 
 def curves(workdirs: dict[str, str], key: str = CURVE_METRIC) -> list[tuple[int, dict[str, float]]]:
@@ -56,99 +54,107 @@ def curves(workdirs: dict[str, str], key: str = CURVE_METRIC) -> list[tuple[int,
     return [(step, {name: float(values[step]) for name, values in series.items() if step in values}) for step in steps]
 
 
-def _pretrain_config(options: DemoOptions, spec: str = PRETRAIN_SPEC):
+def demo_config(options: DemoOptions) -> ml_collections.ConfigDict:
+    """The experiment the demo runs (configs/experiment.py:runlocal, cut to the demo's budget)."""
     from midibert_jax import config_loading  # pylint: disable=import-outside-toplevel
 
-    # Laptop scale: short windows, a thousand steps, evaluation and mask-book updates every 50/100.
-    overrides = [("data.max_len", str(options.max_len)), ("train.steps", str(options.pretrain_steps)),
-                 ("train.eval_every", "50"), ("train.checkpoint_every", "100"), ("mask_book.every", "100"),
-                 ("optim.warmup_steps", "30")] + list(options.config_overrides)
-    return config_loading.load_with_overrides(spec, overrides)
-
-
-def _finetune_config(options: DemoOptions, task: str, init: str, max_len: int, pre_dir: str):
-    from midibert_jax import config_loading  # pylint: disable=import-outside-toplevel
-
-    spec = f"configs/finetune.py:{task},runlocal" + (",scratch" if init == "scratch" else "")
-    overrides = [("data.max_len", str(max_len)), ("train.epochs", str(options.finetune_epochs))]
-    if init == "pretrained":
-        overrides.append(("train.init_from", pre_dir))
-    return config_loading.load_with_overrides(spec, overrides)
+    config = config_loading.load_config("configs/experiment.py:runlocal")
+    with config.unlocked():
+        config.arms = ("adversarial",) + (("random",) if options.random_baseline else ()) + (
+            ("none",) if options.scratch else ())
+        config.seeds = tuple(range(options.seeds))
+        config.pretrain_seeds = (0,)
+        # The low-label protocols (a tenth of the training pieces): where pre-training matters most.
+        config.fractions = (0.1,)
+        config.pretrain.overrides.train.steps = options.pretrain_steps
+        config.pretrain.overrides.data.max_len = options.max_len
+    for key, value in options.config_overrides:
+        config_loading.apply_override(config, key, value)
+    return config
 
 
 def run_demo(options: DemoOptions) -> dict[str, Any]:
-    """Runs the three stages (see the module doc), prints the results; returns the summary written."""
-    import jax  # pylint: disable=import-outside-toplevel
+    """Runs the experiment (see the module doc), prints the verdict; returns the summary written."""
+    from midibert_jax import experiment  # pylint: disable=import-outside-toplevel
 
-    from midibert_jax.config_validation import validate_pretrain  # pylint: disable=import-outside-toplevel
-    from midibert_jax.data import prepare  # pylint: disable=import-outside-toplevel
-    from midibert_jax import evaluate  # pylint: disable=import-outside-toplevel
-    from midibert_jax.train import finetune, pretrain  # pylint: disable=import-outside-toplevel
-
+    experiment.use_compilation_cache()
     root = epath.Path(options.workdir)
-    pre_dir = os.fspath(root / "pretrain")
-    pre_config = _pretrain_config(options)
-    validate_pretrain(pre_config, num_devices=jax.device_count(), num_processes=jax.process_count())
-    max_len = pre_config.data.max_len
-
-    # The demo tasks' validation and test pieces are held out of the pre-training corpus: the
-    # comparison with from-scratch training is then on music that pre-training never saw.
-    print("[demo] 0/3 building the demo tasks' datasets (their validation and test pieces stay out of pre-training)")
-    held_out = set()
-    for task in TASKS:
-        held_out |= held_out_pieces(prepare.prepare(_finetune_config(options, task, "scratch", max_len, pre_dir).data))
-    pre_config.data.demo.exclude = tuple(sorted(held_out))
-    print(f"[demo] 1/3 pre-training the tiny model on the demo corpus ({len(held_out)} held-out works excluded) -> {pre_dir}")
-    pre_result = pretrain.train_and_evaluate(pre_config, pre_dir)
-    pre_dirs = {"adversarial": pre_dir}
-    if options.random_baseline:
-        random_dir = os.fspath(root / "pretrain_random")
-        random_config = _pretrain_config(options, PRETRAIN_SPEC + ",masking=random")
-        random_config.data.demo.exclude = pre_config.data.demo.exclude
-        print(f"[demo] 1/3 baseline: the same pre-training with random masking -> {random_dir}")
-        pretrain.train_and_evaluate(random_config, random_dir)
-        pre_dirs["random"] = random_dir
-
-    runs = {}
-    for task in TASKS:
-        for init in ("pretrained",) + (("scratch",) if options.scratch else ()):
-            workdir = os.fspath(root / "finetune" / f"{task}_{init}")
-            print(f"[demo] 2/3 fine-tuning {task} ({init}) -> {workdir}")
-            finetune.train_and_evaluate(_finetune_config(options, task, init, max_len, pre_dir), workdir)
-            result = evaluate.evaluate_workdir(workdir, "test")
-            runs[f"{task}_{init}"] = {"workdir": workdir, **{k: result[k] for k in ("task", "accuracy", "macro_f1")},
-                                      **({"piece_accuracy": result["piece_accuracy"]} if "piece_accuracy" in result else {})}
-
+    print("[demo] a small experiment: adversarial pre-training of the mini model on the demo corpus, then the two "
+          "demo tasks fine-tuned from it and from a random encoder, several seeds each")
+    report = experiment.run_experiment(demo_config(options), options.workdir)
+    pre_dirs = {r["arm"]: r["workdir"] for r in report["pretrain"]}
     pre_curves = curves(pre_dirs)
-    adversarial = [v["adversarial"] for _, v in pre_curves if "adversarial" in v]
-    eval_acc = (adversarial[0], adversarial[-1]) if adversarial else None
-    summary = {"pretrain": {"workdir": pre_dir, "eval_acc_first_last": eval_acc, "final": pre_result,
-                            "eval_acc_curves": {name: {str(step): v[name] for step, v in pre_curves if name in v}
-                                                for name in pre_dirs}},
-               "finetune": runs}
+    summary = {"experiment": os.fspath(root / paths.EXPERIMENT_FILE), "plot": os.fspath(root / paths.EXPERIMENT_PLOT),
+               "pretrain": {arm: {"workdir": w, "eval_acc_curve": {str(s): v[arm] for s, v in pre_curves if arm in v}}
+                            for arm, w in pre_dirs.items()},
+               "verdict": verdicts(report), "complete": report["complete"]}
     summary_path = root / paths.DEMO_SUMMARY
     paths.write_json(summary_path, summary)
-    _print_results(summary, pre_dirs, pre_curves, os.fspath(summary_path))
+    _print_results(summary, report, pre_curves, os.fspath(summary_path))
     return summary
 
 
-def _print_results(summary: dict[str, Any], pre_dirs: dict[str, str], pre_curves, summary_path: str) -> None:
-    pre_dir, eval_acc, runs = summary["pretrain"]["workdir"], summary["pretrain"]["eval_acc_first_last"], summary["finetune"]
-    print("\n[demo] 3/3 results")
-    if eval_acc:
-        print(f"  pre-training: masked-note accuracy (validation) {eval_acc[0]:.3f} at the first evaluation -> "
-              f"{eval_acc[1]:.3f} at the last")
-    print(f"    checkpoints {pre_dir}/{paths.CHECKPOINTS}, metrics {pre_dir}/{paths.METRICS_FILE} "
-          f"(TensorBoard: {pre_dir}/{paths.TENSORBOARD_DIR})")
-    if len(pre_dirs) > 1:
+def verdicts(report: dict[str, Any], metric: str = VERDICT_METRIC) -> list[dict[str, Any]]:
+    """Per task x protocol x fraction and pre-trained arm: its margin over 'none' against the seed spread.
+
+    'helps' when the mean paired margin exceeds the larger of the two arms' seed sd, 'hurts' when it is
+    below minus that, else 'unclear' (the difference is within the seed spread)."""
+    sd = {(r["task"], r["protocol"], r["fraction"], r["arm"]): r["sd"] or 0.0
+          for r in report["summary"] if r["metric"] == metric}
+    means = {(r["task"], r["protocol"], r["fraction"], r["arm"]): r["mean"]
+             for r in report["summary"] if r["metric"] == metric}
+    out = []
+    for p in report["paired"]:
+        if p["metric"] != metric or p["b"] != "none":
+            continue
+        key = (p["task"], p["protocol"], p["fraction"])
+        spread = max(sd.get(key + (p["a"],), 0.0), sd.get(key + ("none",), 0.0))
+        margin = p["mean_diff"]
+        word = "helps" if margin > spread else "hurts" if margin < -spread else "unclear"
+        out.append({"task": key[0], "protocol": key[1], "fraction": key[2], "arm": p["a"], "metric": metric,
+                     "pretrained": means.get(key + (p["a"],)), "none": means.get(key + ("none",)), "margin": margin,
+                     "sd_margin": p["sd_diff"], "seed_spread": spread, "n": p["n"], "p": p["p"], "verdict": word})
+    return out
+
+
+def _print_results(summary: dict[str, Any], report: dict[str, Any], pre_curves, summary_path: str) -> None:
+    print("\n[demo] results")
+    for arm, info in summary["pretrain"].items():
+        curve = list(info["eval_acc_curve"].values())
+        if curve:
+            print(f"  pre-training ({arm}): validation masked-note accuracy {curve[0]:.3f} at the first evaluation -> "
+                  f"{curve[-1]:.3f} at the last; {info['workdir']}")
+    if len(summary["pretrain"]) > 1:
+        names = list(summary["pretrain"])
         print("    validation masked-note accuracy (random 15% masking, fixed seed), per evaluation:")
-        print("      step  " + "  ".join(f"{name:>11s}" for name in pre_dirs))
+        print("      step  " + "  ".join(f"{name:>11s}" for name in names))
         for step, values in pre_curves:
-            print(f"    {step:6d}  " + "  ".join(f"{values[n]:11.3f}" if n in values else " " * 11 for n in pre_dirs))
-    print("  fine-tuning (test split):")
-    for name, r in runs.items():
-        piece = f", piece accuracy {r['piece_accuracy']:.3f}" if "piece_accuracy" in r else ""
-        print(f"    {name:28s} accuracy {r['accuracy']:.3f}, macro-F1 {r['macro_f1']:.3f}{piece}   "
-              f"{r['workdir']}/{paths.eval_file('test')}")
+            print(f"    {step:6d}  " + "  ".join(f"{values[n]:11.3f}" if n in values else " " * 11 for n in names))
+    rows = summary["verdict"]
+    if rows:
+        print(f"  does pre-training pay? test {VERDICT_METRIC}, mean ± sd over fine-tuning seeds; margin = paired "
+              "mean difference; 'helps' only when the margin exceeds the larger seed sd:")
+        for v in rows:
+            sd = f" ± {v['sd_margin']:.3f}" if v["sd_margin"] is not None else ""
+            p = f", p={v['p']:.2g}" if v["p"] is not None else ""
+            print(f"    {v['task']:14s} {v['protocol']:8s} {v['fraction']:4g} of the pieces: {v['arm']} "
+                  f"{v['pretrained']:.3f} vs none {v['none']:.3f}: margin {v['margin']:+.3f}{sd} "
+                  f"(seed spread {v['seed_spread']:.3f}, n={v['n']}{p}) -> {v['verdict']}")
+        helped = [v for v in rows if v["verdict"] == "helps"]
+        if len(helped) == len(rows):
+            print("  pre-training paid off in every task and protocol of this demo.")
+        else:
+            others = ", ".join(f"{v['task']} {v['protocol']} {v['fraction']:g} ({v['verdict']})" for v in rows
+                               if v["verdict"] != "helps")
+            print(f"  pre-training paid off in {len(helped)} of {len(rows)} comparisons; it did NOT clearly pay in: "
+                  f"{others}. At this scale (minutes of pre-training on a laptop) that is an honest result, "
+                  "not a hidden one; longer pre-training: --pretrain-steps, or `midibert-jax experiment`.")
+    if not report["complete"]:
+        print(f"  PARTIAL: {report['finished_runs']} of {report['planned_runs']} runs finished; run the same command "
+              "again to continue")
+    print(f"  table and plot: {summary['experiment']}, {summary['plot']}")
     print(f"  summary: {summary_path}")
-    print(f"  try: midibert-jax predict --workdir {runs[f'{TASKS[0]}_pretrained']['workdir']} your_song.mid -o tracks.mid")
+    best = next((r["workdir"] for r in report["runs"]
+                 if r["task"] == TASKS[0] and r["arm"] != "none" and r["protocol"] == "finetune"), None)
+    if best:
+        print(f"  try: midibert-jax predict --workdir {best} your_song.mid -o tracks.mid")

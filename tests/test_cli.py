@@ -66,13 +66,13 @@ def test_demo_lines_up_the_adversarial_and_random_curves(tmp_path):
                       (150, {"random": 0.45})]
 
 
-def test_demo_holds_out_the_tasks_validation_and_test_pieces(tmp_path):
-    from midibert_jax import demo  # pylint: disable=import-outside-toplevel
+def test_the_tasks_validation_and_test_pieces_are_held_out(tmp_path):
+    from midibert_jax import experiment  # pylint: disable=import-outside-toplevel
 
     rows = [{"path": "a/x.abc#1", "split": "train"}, {"path": "a/x.abc#2", "split": "validation"},
             {"path": "b/y.mxl", "split": "test"}, {"path": "b/z.mxl", "split": None}]
     (tmp_path / "manifest.jsonl").write_text("".join(json.dumps({"piece_id": i, **r}) + "\n" for i, r in enumerate(rows)))
-    assert demo.held_out_pieces(tmp_path) == {"a/x.abc#2", "b/y.mxl"}
+    assert experiment.held_out_pieces(tmp_path) == {"a/x.abc#2", "b/y.mxl"}
 
 
 def test_user_errors_of_every_layer_are_one_line_and_bugs_keep_their_traceback(monkeypatch, capsys):

@@ -137,17 +137,18 @@ def test_the_plan_sets_arms_protocols_fractions_and_shares_the_encoder(tmp_path)
     assert random_pre.workdir == str(tmp_path / "pretrain" / "random_s2")
     assert (random_pre.config.seed, random_pre.config.masking.policy, random_pre.config.mask_book.every) == (2, "random", 0)
     adv = next(r for r in plan.pretrain if r.arm == "adversarial")
-    assert adv.config.data.max_len == adv.config.model.max_len == 128 and adv.config.mask_book.every == 100
+    assert adv.config.data.max_len == adv.config.model.max_len == 128
+    assert (adv.config.mask_book.every, adv.config.mask_book.unit, adv.config.model.size) == (1, "epoch", "mini")
     by_key = {(r.task, r.arm, r.seed, r.protocol, r.fraction): r for r in plan.finetune}
     probe = by_key[("demo_sequence", "random", 1, "probe", 0.1)]
     assert probe.workdir == str(tmp_path / "finetune" / "demo_sequence" / "random_s1_probe_f0.1")
     t = probe.config.train
     assert (t.init_from, t.from_scratch, t.freeze_encoder, t.piece_fraction) == (random_pre.workdir.replace("s2", "s1"),
                                                                                  False, True, 0.1)
-    assert probe.config.seed == 1 and probe.config.optim.learning_rate == 1e-3 and probe.config.train.epochs == 3
+    assert probe.config.seed == 1 and probe.config.optim.learning_rate == 1e-3 and probe.config.train.steps == 100
     none = by_key[("demo_note", "none", 0, "finetune", 1.0)]
     assert none.pretrain_workdir is None and none.config.train.from_scratch and not none.config.train.freeze_encoder
-    assert none.config.optim.learning_rate == 1e-4
+    assert none.config.optim.learning_rate == 3e-4
     # The none arm's random encoder is the pre-trained arms' architecture, on the same windows.
     for name in ("num_layers", "hidden_size", "num_heads", "mlp_dim", "max_len", "position_embedding"):
         assert none.config.model[name] == adv.config.model[name]
