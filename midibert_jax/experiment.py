@@ -1,7 +1,6 @@
 """The paper's claim, testable on any labelled data: adversarial vs. random masking vs. no pre-training.
 
     report = run_experiment(config, "runs/experiment")    # configs/experiment.py; writes experiment.json/.png
-    print_table(report)
 
 Every arm x seed is an ordinary pre-training run and every arm x seed x task x protocol x fraction an
 ordinary fine-tuning run (`train_and_evaluate` of train/pretrain.py and train/finetune.py), its best
@@ -21,26 +20,18 @@ missing. Pure functions below the runner: they are tested on synthetic numbers.
 from __future__ import annotations
 
 import dataclasses
-import io
-import math
 import os
-import platform
 import re
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import ml_collections
-import numpy as np
 from etils import epath
 
 from midibert_jax import paths
 from midibert_jax.config_loading import ConfigError, apply_override, load_config
+from midibert_jax.experiment_report import ARMS, PROTOCOLS, build_report, machine_info, print_table, write_report
 
-VERSION = 1
-ARMS = ("adversarial", "random", "none")
-PROTOCOLS = ("probe", "finetune")
-# Paired comparisons (a - b over the seeds both finished), in the order the paper's claim reads.
-PAIRS = (("adversarial", "random"), ("adversarial", "none"), ("random", "none"))
 # Keys of the run configs that the experiment sets itself (from the arm, seed, protocol, fraction).
 PRETRAIN_MANAGED = ("seed", "masking.policy")
 FINETUNE_MANAGED = ("seed", "data.max_len", "train.init_from", "train.from_scratch", "train.freeze_encoder",
@@ -485,231 +476,3 @@ def collect(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, th
                               "seconds": record.get("seconds")})
     return build_report(_plain(config), runs, missing=missing, pretrain=pretrain_runs, machine=machine_info(),
                         metrics=tuple(config.metrics), stopped=stopped)
-
-
-def machine_info() -> dict[str, Any]:
-    """Where the numbers came from: platform, CPU model and ISA flags (Linux), JAX devices."""
-    import jax  # pylint: disable=import-outside-toplevel
-
-    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
-                            "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "isa": []}
-    cpuinfo = "/proc/cpuinfo"
-    if os.path.exists(cpuinfo):
-        with open(cpuinfo, encoding="utf-8", errors="replace") as f:  # a local system file, not a run file
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    info["cpu"] = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-                    info["isa"] = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-                    break
-    devices = jax.devices()
-    info.update(jax=jax.__version__, backend=jax.default_backend(), devices=len(devices),
-                device_kind=devices[0].device_kind, processes=jax.process_count())
-    return info
-
-
-# ----------------------------------------------------------------------------- aggregation (pure)
-
-
-def _finite(x: float | None) -> float | None:
-    return float(x) if x is not None and math.isfinite(x) else None
-
-
-def _groups(runs: Iterable[dict[str, Any]], metrics: Sequence[str]):
-    """{(task, protocol, fraction, metric): {arm: {seed: value}}} of the runs' test metrics."""
-    groups: dict[tuple, dict[str, dict[int, float]]] = {}
-    for r in runs:
-        for metric in metrics:
-            value = r["test"].get(metric)
-            if value is not None:
-                key = (r["task"], r["protocol"], float(r["fraction"]), metric)
-                groups.setdefault(key, {}).setdefault(r["arm"], {})[int(r["seed"])] = float(value)
-    return groups
-
-
-def _order(key: tuple, metrics: Sequence[str]) -> tuple:
-    task, protocol, fraction, metric = key
-    return (task, PROTOCOLS.index(protocol) if protocol in PROTOCOLS else 9, fraction,
-            list(metrics).index(metric) if metric in metrics else 9)
-
-
-def summary_rows(runs: Iterable[dict[str, Any]], metrics: Sequence[str] = ("accuracy", "macro_f1", "piece_accuracy")
-                 ) -> list[dict[str, Any]]:
-    """Per task x protocol x fraction x metric x arm: n, mean and sd (ddof=1; None when n < 2) over the seeds."""
-    rows = []
-    groups = _groups(runs, metrics)
-    for key in sorted(groups, key=lambda k: _order(k, metrics)):
-        task, protocol, fraction, metric = key
-        for arm in sorted(groups[key], key=lambda a: ARMS.index(a) if a in ARMS else 9):
-            values = np.array(list(groups[key][arm].values()), np.float64)
-            rows.append({"task": task, "protocol": protocol, "fraction": fraction, "metric": metric, "arm": arm,
-                         "n": len(values), "mean": float(values.mean()),
-                         "sd": float(values.std(ddof=1)) if len(values) > 1 else None})
-    return rows
-
-
-def paired_rows(runs: Iterable[dict[str, Any]], metrics: Sequence[str] = ("accuracy", "macro_f1", "piece_accuracy"),
-                pairs: Sequence[tuple[str, str]] = PAIRS) -> list[dict[str, Any]]:
-    """Per task x protocol x fraction x metric and pair (a, b): the differences a - b over the seeds both
-    finished: n, mean, sd (ddof=1), and the paired t-test's t and two-sided p (None when n < 2 or the
-    differences do not vary)."""
-    from scipy import stats  # pylint: disable=import-outside-toplevel
-
-    rows = []
-    groups = _groups(runs, metrics)
-    for key in sorted(groups, key=lambda k: _order(k, metrics)):
-        task, protocol, fraction, metric = key
-        for a, b in pairs:
-            if a not in groups[key] or b not in groups[key]:
-                continue
-            seeds = sorted(set(groups[key][a]) & set(groups[key][b]))
-            if not seeds:
-                continue
-            x = np.array([groups[key][a][s] for s in seeds], np.float64)
-            y = np.array([groups[key][b][s] for s in seeds], np.float64)
-            diff = x - y
-            sd = float(diff.std(ddof=1)) if len(diff) > 1 else None
-            if sd is not None and np.ptp(diff) <= 1e-9 * max(1.0, float(np.abs(diff).max())):
-                sd = 0.0  # equal differences up to rounding (0.8 - 0.5 vs 0.7 - 0.4): no t-test
-            t = p = None
-            if sd:
-                test = stats.ttest_rel(x, y)
-                t, p = _finite(test.statistic), _finite(test.pvalue)
-            rows.append({"task": task, "protocol": protocol, "fraction": fraction, "metric": metric, "a": a, "b": b,
-                         "n": len(seeds), "seeds": seeds, "mean_diff": float(diff.mean()), "sd_diff": sd,
-                         "t": t, "p": p})
-    return rows
-
-
-def summarize(runs: Sequence[dict[str, Any]], metrics: Sequence[str] = ("accuracy", "macro_f1", "piece_accuracy")
-              ) -> dict[str, list[dict[str, Any]]]:
-    """{"summary": summary_rows, "paired": paired_rows} of run records ({task, arm, seed, protocol,
-    fraction, test: {metric: value}})."""
-    return {"summary": summary_rows(runs, metrics), "paired": paired_rows(runs, metrics)}
-
-
-def build_report(config: dict[str, Any], runs: Sequence[dict[str, Any]], *, missing: Sequence[dict[str, Any]] = (),
-                 pretrain: Sequence[dict[str, Any]] = (), machine: dict[str, Any] | None = None,
-                 metrics: Sequence[str] = ("accuracy", "macro_f1", "piece_accuracy"), stopped: str = "") -> dict[str, Any]:
-    """experiment.json: version, config, machine, counts (complete: every planned run finished; stopped:
-    why the last invocation ended early, '' if it did not), the pre-training runs, the finished
-    fine-tuning runs, the missing ones, summary and paired rows."""
-    return {"version": VERSION, "config": config, "machine": machine or {},
-            "planned_runs": len(runs) + len(missing), "finished_runs": len(runs), "complete": not missing,
-            "stopped": stopped,
-            "pretrain": list(pretrain), "runs": list(runs), "missing": list(missing), **summarize(runs, metrics)}
-
-
-def write_report(report: dict[str, Any], workdir: str | os.PathLike) -> None:
-    """experiment.json and experiment.png in `workdir` (local or gs://)."""
-    root = paths.resolve(workdir)
-    paths.write_json(root / paths.EXPERIMENT_FILE, report)
-    write_plot(report, root / paths.EXPERIMENT_PLOT)
-
-
-def load_report(workdir: str | os.PathLike) -> dict[str, Any]:
-    """The experiment.json of an experiment folder."""
-    path = paths.resolve(workdir) / paths.EXPERIMENT_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run `midibert-jax experiment --workdir {workdir}` first")
-    return paths.read_json(path)
-
-
-# ----------------------------------------------------------------------------- table and plot
-
-
-def _cell(row: dict[str, Any] | None) -> str:
-    if row is None:
-        return "—"
-    sd = f" ± {row['sd']:.3f}" if row["sd"] is not None else ""
-    return f"{row['mean']:.3f}{sd} (n={row['n']})"
-
-
-def format_table(report: dict[str, Any]) -> str:
-    """Mean ± sd (n) per arm and metric, then the paired differences of the first metric with p, as text."""
-    metrics = [m for m in report["config"].get("metrics", ("accuracy",))
-               if any(r["metric"] == m for r in report["summary"])]
-    lines = []
-    if not report["complete"]:
-        lines.append(f"PARTIAL: {report['finished_runs']} of {report['planned_runs']} fine-tuning runs finished "
-                     f"(missing: {len(report['missing'])}); the numbers below cover the finished ones")
-    cells = {(r["task"], r["protocol"], r["fraction"], r["metric"], r["arm"]): r for r in report["summary"]}
-    blocks = sorted({(r["task"], r["protocol"], r["fraction"]) for r in report["summary"]},
-                    key=lambda k: _order(k + ("",), metrics))
-    arms = [a for a in ARMS if any(r["arm"] == a for r in report["summary"])]
-    for task, protocol, fraction in blocks:
-        lines.append(f"\n{task}, {protocol}, fraction {fraction:g} (test split)")
-        lines.append(f"  {'arm':12s}" + "".join(f"{m:>26s}" for m in metrics))
-        for arm in arms:
-            if any((task, protocol, fraction, m, arm) in cells for m in metrics):
-                lines.append(f"  {arm:12s}" + "".join(f"{_cell(cells.get((task, protocol, fraction, m, arm))):>26s}"
-                                                       for m in metrics))
-        for p in report["paired"]:
-            if (p["task"], p["protocol"], p["fraction"], p["metric"]) == (task, protocol, fraction, metrics[0]):
-                sd = f" ± {p['sd_diff']:.3f}" if p["sd_diff"] is not None else ""
-                test = f", t={p['t']:.2f}, p={p['p']:.3g}" if p["p"] is not None else ", p n/a"
-                lines.append(f"  {p['a']} - {p['b']}: {p['mean_diff']:+.3f}{sd} {metrics[0]} (n={p['n']} paired seeds{test})")
-    return "\n".join(lines).lstrip("\n")
-
-
-def print_table(report: dict[str, Any]) -> None:
-    print("[experiment] results\n" + format_table(report))
-
-
-ARM_COLORS = {"adversarial": "tab:red", "random": "tab:blue", "none": "tab:gray"}
-
-
-def figure_size(report: dict[str, Any]) -> tuple[float, float]:
-    """(width, height) in inches for `draw`: one 4.5 x 3.4 panel per task x protocol."""
-    tasks = sorted({r["task"] for r in report["summary"]}) or ["-"]
-    protocols = sorted({r["protocol"] for r in report["summary"]}) or ["-"]
-    return 4.5 * len(protocols), 3.4 * len(tasks)
-
-
-def draw(fig, report: dict[str, Any], metric: str = "accuracy") -> None:
-    """Onto a matplotlib Figure: one panel per task x protocol, test `metric` against the label fraction
-    (log x), one line per arm, error bars one sd over the seeds."""
-    rows = [r for r in report["summary"] if r["metric"] == metric]
-    tasks = sorted({r["task"] for r in rows})
-    protocols = [p for p in PROTOCOLS if any(r["protocol"] == p for r in rows)]
-    if not rows:
-        ax = fig.subplots()
-        ax.text(0.5, 0.5, f"no finished runs with test {metric}", ha="center", va="center")
-        ax.set_axis_off()
-        return
-    axes = np.atleast_2d(fig.subplots(len(tasks), len(protocols), squeeze=False))
-    for i, task in enumerate(tasks):
-        for j, protocol in enumerate(protocols):
-            ax = axes[i, j]
-            for arm in ARMS:
-                points = sorted((r["fraction"], r["mean"], r["sd"] or 0.0) for r in rows
-                                if (r["task"], r["protocol"], r["arm"]) == (task, protocol, arm))
-                if points:
-                    x, y, e = zip(*points)
-                    ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=arm, color=ARM_COLORS[arm])
-            ax.set_xscale("log")
-            fractions = sorted({r["fraction"] for r in rows})
-            ax.set_xticks(fractions)
-            ax.set_xticklabels([f"{f:g}" for f in fractions])
-            ax.minorticks_off()
-            ax.set_title(f"{task} · {protocol}")
-            ax.set_xlabel("fraction of training pieces")
-            ax.set_ylabel(f"test {metric}")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-    fig.suptitle("" if report["complete"] else
-                 f"partial: {report['finished_runs']} of {report['planned_runs']} runs finished", fontsize=9)
-
-
-def write_plot(report: dict[str, Any], path: str | os.PathLike, metric: str = "accuracy") -> None:
-    """`draw` into a PNG (local or cloud path), without pyplot (no global backend)."""
-    from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
-
-    fig = Figure(figsize=figure_size(report))
-    draw(fig, report, metric)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    epath.Path(path).write_bytes(buffer.getvalue())

@@ -19,7 +19,7 @@ import pytest
 
 import midi_factory
 import pretrain_helpers as ph
-from midibert_jax import config_loading, experiment
+from midibert_jax import config_loading, experiment, experiment_report
 from midibert_jax.config_loading import ConfigError
 
 
@@ -52,7 +52,7 @@ def _row(rows, **match):
 
 
 def test_summary_means_and_sds_over_seeds():
-    rows = experiment.summary_rows(SYNTHETIC, ("accuracy", "macro_f1"))
+    rows = experiment_report.summary_rows(SYNTHETIC, ("accuracy", "macro_f1"))
     adv = _row(rows, arm="adversarial", fraction=1.0, metric="accuracy")
     assert adv["n"] == 3 and adv["mean"] == pytest.approx(0.8) and adv["sd"] == pytest.approx(0.1)
     rnd = _row(rows, arm="random", fraction=1.0, metric="accuracy")
@@ -64,11 +64,11 @@ def test_summary_means_and_sds_over_seeds():
     assert single["n"] == 1 and single["mean"] == pytest.approx(0.6) and single["sd"] is None
     # Metrics a run lacks (macro_f1 at fraction 0.1, piece_accuracy anywhere) make no row.
     assert not [r for r in rows if r["fraction"] == 0.1 and r["metric"] == "macro_f1"]
-    assert [r["arm"] for r in rows if r["fraction"] == 1.0 and r["metric"] == "accuracy"] == list(experiment.ARMS)
+    assert [r["arm"] for r in rows if r["fraction"] == 1.0 and r["metric"] == "accuracy"] == list(experiment_report.ARMS)
 
 
 def test_paired_differences_and_t_test():
-    rows = experiment.paired_rows(SYNTHETIC, ("accuracy", "macro_f1"))
+    rows = experiment_report.paired_rows(SYNTHETIC, ("accuracy", "macro_f1"))
     ar = _row(rows, a="adversarial", b="random", fraction=1.0, metric="accuracy")
     # Differences 0.2, 0.05, 0.2: mean 0.15, sd sqrt(0.0075), t = 0.15 / (sd / sqrt 3) = 3;
     # two-sided p of Student's t with 2 degrees of freedom: 1 - t / sqrt(t^2 + 2).
@@ -92,7 +92,7 @@ def test_paired_differences_and_t_test():
 
 
 def test_report_schema_table_and_plot(tmp_path):
-    report = experiment.build_report({"metrics": ["accuracy", "macro_f1"]}, SYNTHETIC,
+    report = experiment_report.build_report({"metrics": ["accuracy", "macro_f1"]}, SYNTHETIC,
                                      missing=[{"task": "t", "arm": "random", "seed": 0, "protocol": "probe",
                                                "fraction": 0.1, "workdir": "w"}],
                                      machine={"cpu": "x"}, metrics=("accuracy", "macro_f1"))
@@ -103,16 +103,16 @@ def test_report_schema_table_and_plot(tmp_path):
     assert set(report["summary"][0]) == {"task", "protocol", "fraction", "metric", "arm", "n", "mean", "sd"}
     assert set(report["paired"][0]) == {"task", "protocol", "fraction", "metric", "a", "b", "n", "seeds", "mean_diff",
                                         "sd_diff", "t", "p"}
-    table = experiment.format_table(report)
+    table = experiment_report.format_table(report)
     assert table.startswith("PARTIAL: 10 of 11 fine-tuning runs finished")
     assert "0.800 ± 0.100 (n=3)" in table and "0.600 (n=1)" in table
     assert "adversarial - random: +0.150 ± 0.087 accuracy (n=3 paired seeds, t=3.00, p=0.0955)" in table
-    experiment.write_report(report, tmp_path)
+    experiment_report.write_report(report, tmp_path)
     assert json.loads((tmp_path / "experiment.json").read_text()) == report
     assert (tmp_path / "experiment.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert experiment.load_report(tmp_path) == report
+    assert experiment_report.load_report(tmp_path) == report
     with pytest.raises(FileNotFoundError, match="midibert-jax experiment"):
-        experiment.load_report(tmp_path / "nothing")
+        experiment_report.load_report(tmp_path / "nothing")
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -311,10 +311,10 @@ def test_running_again_reuses_the_finished_runs_and_completes_the_report(smoke):
     final = smoke["final"]
     assert (final["planned_runs"], final["finished_runs"], final["complete"], final["stopped"]) == (24, 24, True, "")
     assert final["missing"] == [] and "PARTIAL" not in out
-    assert final["config"]["seeds"] == [0, 1] and final["version"] == experiment.VERSION
+    assert final["config"]["seeds"] == [0, 1] and final["version"] == experiment_report.VERSION
     assert {"platform", "cpu", "backend", "devices", "jax"} <= set(final["machine"])
     keys = {(r["arm"], r["seed"], r["protocol"], r["fraction"]) for r in final["runs"]}
-    assert keys == {(a, s, p, f) for a in experiment.ARMS for s in (0, 1) for p in experiment.PROTOCOLS for f in (0.5, 1.0)}
+    assert keys == {(a, s, p, f) for a in experiment_report.ARMS for s in (0, 1) for p in experiment_report.PROTOCOLS for f in (0.5, 1.0)}
     workdir = smoke["workdir"]
     for r in final["runs"]:
         assert set(r) == {"task", "arm", "seed", "protocol", "fraction", "workdir", "pretrain_workdir", "test",

@@ -118,7 +118,7 @@ def test_04_finetuning(workdirs):
 
 
 def test_05_experiment(tmp_path):
-    from midibert_jax import experiment
+    from midibert_jax import experiment_report
 
     rng = np.random.default_rng(0)
     base = {"adversarial": 0.8, "random": 0.75, "none": 0.6}
@@ -128,7 +128,7 @@ def test_05_experiment(tmp_path):
             for task in ("demo_note", "demo_sequence") for arm in base for seed in (0, 1, 2)
             for protocol in ("probe", "finetune") for fraction in (0.1, 1.0)]
     missing = [{**{k: runs[-1][k] for k in ("task", "arm", "protocol", "fraction")}, "seed": 3, "workdir": "w"}]
-    report = experiment.build_report({"metrics": ["accuracy", "macro_f1"]}, runs, missing=missing,
+    report = experiment_report.build_report({"metrics": ["accuracy", "macro_f1"]}, runs, missing=missing,
                                      machine={"cpu": "synthetic", "backend": "cpu"}, metrics=("accuracy", "macro_f1"))
-    experiment.write_report(report, tmp_path / "experiment")
+    experiment_report.write_report(report, tmp_path / "experiment")
     _check(_execute("05_experiment.ipynb", {"workdir": str(tmp_path / "experiment")}, tmp_path), 1)
