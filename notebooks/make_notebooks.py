@@ -24,7 +24,7 @@ nb([
 
 nb([
  ("md", "# 02 · Pre-training curves\nLoss and per-field masked-token accuracy from `metrics.jsonl`; adversarial masking beside the random-mask baseline when both workdirs are given."),
- ("code", "# Parameters\nworkdir = \"runs/demo/pretrain\"  # an adversarial pre-training workdir\nbaseline_workdir = \"\"  # optional: a masking=random workdir to compare", ["parameters"]),
+ ("code", "# Parameters\nworkdir = \"runs/demo/pretrain/adversarial_s0\"  # an adversarial pre-training workdir (the demo's)\nbaseline_workdir = \"\"  # optional: a masking=random workdir to compare", ["parameters"]),
  ("code", "import matplotlib.pyplot as plt\n\nfrom midibert_jax import analysis\nfrom midibert_jax.tokenizer import vocab\n\nruns = {\"adversarial\": analysis.read_metrics(workdir)}\nif baseline_workdir:\n    runs[\"random\"] = analysis.read_metrics(baseline_workdir)\nfor label, m in runs.items():\n    steps, acc = m[\"eval/accuracy\"]\n    print(f\"{label:12s} eval accuracy: \" + \", \".join(f\"step {s}: {a:.3f}\" for s, a in zip(steps, acc)))"),
  ("code", "fig, axes = plt.subplots(1, 3, figsize=(15, 3.5))\nanalysis.plot_curves(axes, runs, [\"train/loss\", \"eval/accuracy\", \"train/mask/selected_fraction\"])\nplt.tight_layout()\nplt.show()"),
  ("code", "fig, axes = plt.subplots(2, 4, figsize=(16, 6), sharex=True)\nanalysis.plot_curves(axes, runs, [f\"eval/accuracy/{f}\" for f in vocab.FIELDS])\nplt.tight_layout()\nplt.show()"),
@@ -32,7 +32,7 @@ nb([
 
 nb([
  ("md", "# 03 · The masker\nWhat the masking-policy network scores, which notes the adversarial policy masks, and which notes the mask book has frozen, at each saved checkpoint of a pre-training run."),
- ("code", "# Parameters\nworkdir = \"runs/demo/pretrain\"  # an adversarial pre-training workdir\nwindow = -1  # training window to show; -1: the one with the most notes among the first 64", ["parameters"]),
+ ("code", "# Parameters\nworkdir = \"runs/demo/pretrain/adversarial_s0\"  # an adversarial pre-training workdir (the demo's)\nwindow = -1  # training window to show; -1: the one with the most notes among the first 64", ["parameters"]),
  ("code", "import matplotlib.pyplot as plt\nimport numpy as np\n\nfrom midibert_jax import analysis\n\nrun = analysis.PretrainRun(workdir)\nprint(\"checkpoints:\", run.steps)\ntokens, index = run.train_window(window)\nprint(f\"window {index}: {int((tokens[:, 0] != 256).sum())} notes\")"),
  ("code", "views = [run.masker_view(step, tokens, index) for step in run.steps]\nfig, axes = plt.subplots(len(views), 3, figsize=(16, 3.2 * len(views)), squeeze=False)\nfor row, v in zip(axes, views):\n    analysis.piano_roll(row[0], tokens, values=v[\"scores\"], vmin=0, vmax=1, title=f\"step {v['step']}: masker score\")\n    analysis.piano_roll(row[1], tokens, values=v[\"selected\"].astype(float), cmap=\"coolwarm\", vmin=0, vmax=1,\n                        title=f\"masked by the policy: {int(v['selected'].sum())} notes\")\n    analysis.piano_roll(row[2], tokens, values=v[\"frozen\"].astype(float), cmap=\"Greys\", vmin=-0.3, vmax=1,\n                        title=f\"frozen in the mask book: {int(v['frozen'].sum())} notes\")\nplt.tight_layout()\nplt.show()"),
  ("code", "m = analysis.read_metrics(workdir)\nfig, axes = plt.subplots(1, 3, figsize=(15, 3.2))\nanalysis.plot_curves(axes, {\"adversarial\": m}, [\"train/mask/frozen_fraction\", \"train/masker/mean_score\", \"train/masker/entropy\"])\nplt.tight_layout()\nplt.show()"),
@@ -40,7 +40,7 @@ nb([
 
 nb([
  ("md", "# 04 · Fine-tuning results\nConfusion matrices and per-class precision / recall / F1 from `midibert-jax evaluate`'s `eval_<split>.json` (evaluated here if the file is missing)."),
- ("code", "# Parameters\nworkdirs = \"runs/demo/finetune/demo_note,runs/demo/finetune/demo_sequence\"  # comma-separated fine-tuning workdirs\nsplit = \"test\"", ["parameters"]),
+ ("code", "# Parameters\nworkdirs = \"runs/demo/finetune/demo_note/adversarial_s0_finetune_f0.1,runs/demo/finetune/demo_sequence/adversarial_s0_finetune_f0.1\"  # comma-separated fine-tuning workdirs\nsplit = \"test\"", ["parameters"]),
  ("code", "import matplotlib.pyplot as plt\n\nfrom midibert_jax import analysis\n\nresults = {w: analysis.eval_result(w, split) for w in workdirs.split(\",\") if w}\nfor w, r in results.items():\n    extra = f\", piece accuracy {r['piece_accuracy']:.3f}\" if \"piece_accuracy\" in r else \"\"\n    print(f\"{w}: {r['task']} {split} accuracy {r['accuracy']:.3f}, macro-F1 {r['macro_f1']:.3f}{extra}\")\n    print(analysis.per_class_table(r))"),
  ("code", "fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4.6), squeeze=False)\nfor ax, (w, r) in zip(axes[0], results.items()):\n    analysis.draw_confusion(ax, r[\"confusion_matrix\"], r[\"class_names\"], title=f\"{r['task']} ({split})\")\nplt.tight_layout()\nplt.show()"),
 ], "notebooks/04_finetuning.ipynb")
