@@ -538,7 +538,10 @@ def test_local_ctrl_c_stops_every_process(tmp_path):
                      "for i in $(seq 600); do sleep 0.1; done\n")
     proc = subprocess.Popen(["bash", str(LOCAL), "--processes", "2", "--workdir", str(tmp_path / "run")], cwd=REPO,
                             env=clean_env(MIDIBERT_JAX=str(stub)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True,
+                            # A terminal's Ctrl-C: SIGINT handled by default in the launcher even when this
+                            # test process inherited it ignored (bash cannot trap a signal ignored on entry).
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 20
         while len(list(ready.iterdir())) < 2 and time.time() < deadline:
