@@ -77,7 +77,6 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
     """Runs the experiment (see the module doc), prints the verdict; returns the summary written."""
     from midibert_jax import experiment  # pylint: disable=import-outside-toplevel
 
-    experiment.use_compilation_cache()
     root = epath.Path(options.workdir)
     print("[demo] a small experiment: adversarial pre-training of the mini model on the demo corpus, then the two "
           "demo tasks fine-tuned from it and from a random encoder, several seeds each")
