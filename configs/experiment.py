@@ -13,7 +13,7 @@ selection is on validation only. All runs are ordinary, resumable runs: running 
 where it stopped and reuses the finished ones (midibert_jax/experiment.py).
 
 `get_config(arg)`: a variant, then comma-separated modifiers:
-  runlocal   (default) laptop size: the mini model on 128-note windows of the demo corpus, 800
+  runlocal   (default) laptop size: the mini model on 128-note windows of the demo corpus, 600
              pre-training steps, 100-step fine-tuning runs on the two demo tasks (no download)
   tpu        the base model (configs/pretrain.py:base) on 1,024-note windows, 20,000 steps with
              256-window batches, 10 fine-tuning epochs (see README: for an accelerator slice)
@@ -67,8 +67,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # Windows (notes) of pre-training and fine-tuning alike; a multiple of 8.
         "data": {"max_len": 1024 if tpu else 128, "batch_size": 256 if tpu else 8},
         # Steps, and how often to evaluate (validation masked-note accuracy) and save.
-        "train": {"steps": 20_000 if tpu else 800, "eval_every": 1_000 if tpu else 200,
-                  "checkpoint_every": 1_000 if tpu else 200},
+        "train": {"steps": 20_000 if tpu else 600, "eval_every": 1_000 if tpu else 150,
+                  "checkpoint_every": 1_000 if tpu else 150},
         # Mask-book refreshes every N epochs (a refresh reads the whole training split: every epoch at most,
         # so on the demo corpus' 13k windows a laptop run of less than an epoch trains the masker without one).
         "mask_book": {"every": 5 if tpu else 1, "unit": "epoch"},
@@ -90,7 +90,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # updates as all of them. Validation every eval_every steps (0: each epoch); early stopping after
         # `patience` evaluations without a better validation accuracy.
         "train": {"epochs": 10, "steps": 0, "eval_every": 0, "patience": 5} if tpu else
-                 {"epochs": 0, "steps": 100, "eval_every": 10, "patience": 5},
+                 {"epochs": 0, "steps": 100, "eval_every": 20, "patience": 3},
         # Windows per step.
         "data": {"batch_size": 32 if tpu else 8},
     })
