@@ -7,7 +7,7 @@ except the four collections kept for evaluation:
 2. fine-tunes the two demo tasks (note level: melody vs accompaniment; sequence level: which folk-tune
    collection) from the pre-trained encoder and from a random one ('none'), three fine-tuning seeds
    each, with a tenth of the training pieces (the low-label setting, where pre-training should matter
-   most) in two protocols: a probe (the head on the frozen encoder) and full fine-tuning;
+   most), as a probe: the head trained on the frozen encoder (`protocols` adds full fine-tuning);
 3. evaluates every run's best checkpoint (chosen on validation) on the test split, prints mean ± sd per
    arm and the pre-trained - none margin beside the seed spread, and says plainly where pre-training did
    not pay. Writes experiment.json/.png and demo_summary.json.
@@ -32,6 +32,7 @@ from midibert_jax import analysis, paths
 TASKS = ("demo_note", "demo_sequence")
 CURVE_METRIC = "eval/accuracy"  # validation masked-note accuracy (random 15% masking, fixed seed)
 VERDICT_METRIC = "accuracy"
+ALPHA = 0.05  # a verdict other than 'unclear' needs the paired t-test's p below this
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +43,9 @@ class DemoOptions:
     pretrain_steps: int = 800
     seeds: int = 3  # fine-tuning seeds per arm
     max_len: int = 128
+    # The probe (the head on the frozen encoder) measures what pre-training learned most directly and
+    # costs half a full fine-tuning run; add 'finetune' for full fine-tuning too (about 6 more minutes).
+    protocols: Sequence[str] = ("probe",)
     scratch: bool = True  # the 'none' arm (a random encoder), for comparison
     random_baseline: bool = False
     config_overrides: Sequence[tuple[str, str]] = ()  # (key, value) for the experiment config
@@ -66,6 +70,7 @@ def demo_config(options: DemoOptions) -> ml_collections.ConfigDict:
         config.pretrain_seeds = (0,)
         # The low-label protocols (a tenth of the training pieces): where pre-training matters most.
         config.fractions = (0.1,)
+        config.protocols = tuple(options.protocols)
         config.pretrain.overrides.train.steps = options.pretrain_steps
         config.pretrain.overrides.data.max_len = options.max_len
     for key, value in options.config_overrides:
@@ -96,8 +101,9 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
 def verdicts(report: dict[str, Any], metric: str = VERDICT_METRIC) -> list[dict[str, Any]]:
     """Per task x protocol x fraction and pre-trained arm: its margin over 'none' against the seed spread.
 
-    'helps' when the mean paired margin exceeds the larger of the two arms' seed sd, 'hurts' when it is
-    below minus that, else 'unclear' (the difference is within the seed spread)."""
+    'helps' when the mean paired margin exceeds the larger of the two arms' seed sd and the paired t-test
+    gives p < ALPHA, 'hurts' when it is below minus that spread with p < ALPHA, else 'unclear' (within the
+    seed spread, or too few seeds to tell it from noise)."""
     sd = {(r["task"], r["protocol"], r["fraction"], r["arm"]): r["sd"] or 0.0
           for r in report["summary"] if r["metric"] == metric}
     means = {(r["task"], r["protocol"], r["fraction"], r["arm"]): r["mean"]
@@ -109,7 +115,9 @@ def verdicts(report: dict[str, Any], metric: str = VERDICT_METRIC) -> list[dict[
         key = (p["task"], p["protocol"], p["fraction"])
         spread = max(sd.get(key + (p["a"],), 0.0), sd.get(key + ("none",), 0.0))
         margin = p["mean_diff"]
-        word = "helps" if margin > spread else "hurts" if margin < -spread else "unclear"
+        significant = p["p"] is not None and p["p"] < ALPHA
+        word = ("helps" if margin > spread and significant else
+                "hurts" if margin < -spread and significant else "unclear")
         out.append({"task": key[0], "protocol": key[1], "fraction": key[2], "arm": p["a"], "metric": metric,
                      "pretrained": means.get(key + (p["a"],)), "none": means.get(key + ("none",)), "margin": margin,
                      "sd_margin": p["sd_diff"], "seed_spread": spread, "n": p["n"], "p": p["p"], "verdict": word})
@@ -132,7 +140,8 @@ def _print_results(summary: dict[str, Any], report: dict[str, Any], pre_curves, 
     rows = summary["verdict"]
     if rows:
         print(f"  does pre-training pay? test {VERDICT_METRIC}, mean ± sd over fine-tuning seeds; margin = paired "
-              "mean difference; 'helps' only when the margin exceeds the larger seed sd:")
+              "mean difference; 'helps' only when the margin exceeds the larger seed sd "
+              f"and p < {ALPHA:g} (paired t-test):")
         for v in rows:
             sd = f" ± {v['sd_margin']:.3f}" if v["sd_margin"] is not None else ""
             p = f", p={v['p']:.2g}" if v["p"] is not None else ""
@@ -147,13 +156,14 @@ def _print_results(summary: dict[str, Any], report: dict[str, Any], pre_curves, 
                                if v["verdict"] != "helps")
             print(f"  pre-training paid off in {len(helped)} of {len(rows)} comparisons; it did NOT clearly pay in: "
                   f"{others}. At this scale (minutes of pre-training on a laptop) that is an honest result, "
-                  "not a hidden one; longer pre-training: --pretrain-steps, or `midibert-jax experiment`.")
+                  "not a hidden one; longer pre-training: --pretrain-steps; full fine-tuning too: "
+                  "--protocols probe,finetune; or `midibert-jax experiment`.")
     if not report["complete"]:
         print(f"  PARTIAL: {report['finished_runs']} of {report['planned_runs']} runs finished; run the same command "
               "again to continue")
     print(f"  table and plot: {summary['experiment']}, {summary['plot']}")
     print(f"  summary: {summary_path}")
-    best = next((r["workdir"] for r in report["runs"]
-                 if r["task"] == TASKS[0] and r["arm"] != "none" and r["protocol"] == "finetune"), None)
+    candidates = [r for r in report["runs"] if r["task"] == TASKS[0] and r["arm"] != "none"]
+    best = next((r["workdir"] for r in sorted(candidates, key=lambda r: r["protocol"] != "finetune")), None)
     if best:
         print(f"  try: midibert-jax predict --workdir {best} your_song.mid -o tracks.mid")

@@ -14,8 +14,10 @@ def test_the_demo_is_a_small_experiment(tmp_path):
     assert {(r.arm, r.seed) for r in plan.finetune} == {(a, s) for a in ("adversarial", "random", "none") for s in (0, 1)}
     assert {(r.fraction, r.protocol) for r in plan.finetune} == {(0.1, "probe")}
     assert plan.pretrain[0].config.model.size == "mini" and plan.pretrain[0].config.data.max_len == 128
-    no_scratch = demo.demo_config(demo.DemoOptions(scratch=False))
-    assert no_scratch.arms == ("adversarial",)
+    default = demo.demo_config(demo.DemoOptions(scratch=False))
+    assert default.arms == ("adversarial",) and default.protocols == ("probe",)
+    both = demo.demo_config(demo.DemoOptions(protocols=("probe", "finetune")))
+    assert {r.protocol for r in experiment.plan(both, tmp_path).finetune} == {"probe", "finetune"}
 
 
 def _row(task, protocol, arm, mean, sd):
@@ -23,15 +25,17 @@ def _row(task, protocol, arm, mean, sd):
             "sd": sd}
 
 
-def test_the_verdict_weighs_the_margin_against_the_seed_spread():
+def test_the_verdict_weighs_the_margin_against_the_seed_spread_and_the_paired_test():
     report = {
         "summary": [_row("t", "probe", "adversarial", 0.80, 0.01), _row("t", "probe", "none", 0.70, 0.02),
                     _row("t", "finetune", "adversarial", 0.71, 0.03), _row("t", "finetune", "none", 0.70, 0.04),
-                    _row("u", "probe", "adversarial", 0.50, 0.01), _row("u", "probe", "none", 0.60, 0.01)],
+                    _row("u", "probe", "adversarial", 0.50, 0.01), _row("u", "probe", "none", 0.60, 0.01),
+                    _row("v", "probe", "adversarial", 0.80, 0.01), _row("v", "probe", "none", 0.70, 0.01)],
         "paired": [{"task": t, "protocol": p, "fraction": 1.0, "metric": "accuracy", "a": "adversarial", "b": "none",
-                    "n": 3, "mean_diff": d, "sd_diff": 0.01, "p": 0.01} for t, p, d in
-                   (("t", "probe", 0.10), ("t", "finetune", 0.01), ("u", "probe", -0.10))],
+                    "n": 3, "mean_diff": d, "sd_diff": 0.01, "p": pv} for t, p, d, pv in
+                   (("t", "probe", 0.10, 0.01), ("t", "finetune", 0.01, 0.01), ("u", "probe", -0.10, 0.01),
+                    ("v", "probe", 0.10, 0.20))],
     }
     words = {(v["task"], v["protocol"]): (v["verdict"], v["seed_spread"]) for v in demo.verdicts(report)}
     assert words == {("t", "probe"): ("helps", 0.02), ("t", "finetune"): ("unclear", 0.04),
-                     ("u", "probe"): ("hurts", 0.01)}
+                     ("u", "probe"): ("hurts", 0.01), ("v", "probe"): ("unclear", 0.01)}

@@ -16,6 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pretrain-steps", type=int, default=800, help="pre-training steps (default: %(default)s)")
     parser.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds per arm (default: %(default)s)")
     parser.add_argument("--max-len", type=int, default=128, help="notes per window (default: %(default)s)")
+    parser.add_argument("--protocols", default="probe",
+                        help="comma-separated: probe (the head on the frozen encoder), finetune (every weight trained) "
+                             "(default: %(default)s)")
     parser.add_argument("--no-scratch", action="store_true", help="skip the comparison with a random encoder")
     parser.add_argument("--random-baseline", action="store_true",
                         help="also pre-train with random masking (MidiBERT-Piano's MLM) on the same data and steps, "
@@ -28,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     distributed.initialize_from_environment()
     demo.run_demo(demo.DemoOptions(
         workdir=args.workdir, pretrain_steps=args.pretrain_steps, seeds=args.seeds, max_len=args.max_len,
+        protocols=tuple(p.strip() for p in args.protocols.split(",") if p.strip()),
         scratch=not args.no_scratch, random_baseline=args.random_baseline,
         config_overrides=tuple(args.config_overrides),
     ))
