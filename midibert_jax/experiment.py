@@ -399,8 +399,7 @@ def use_compilation_cache() -> str:
 
     folder = os.environ.get("JAX_COMPILATION_CACHE_DIR") or jax.config.jax_compilation_cache_dir
     if not folder:
-        root = os.environ.get("MIDIBERT_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "midibert_jax"))
-        folder = os.path.join(root, "jax-compilation")
+        folder = os.path.join(paths.cache_root(), "jax-compilation")
         jax.config.update("jax_compilation_cache_dir", folder)
     return folder
 

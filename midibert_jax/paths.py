@@ -22,6 +22,8 @@ of an experiment folder (`midibert-jax experiment`): `experiment.json`, `experim
 
 and of an imported PyTorch checkpoint (`midibert-jax import-torch`): `<dir>/config.json` and
 `<dir>/params/` (an orbax tree).
+
+Caches shared by runs (converted demo scores, JAX's compiled programs) live under `cache_root()`.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 COMPILE_REPORT = "compile_report.json"
 DEMO_SUMMARY = "demo_summary.json"
+CACHE_ENV = "MIDIBERT_JAX_CACHE"
 EXPERIMENT_FILE = "experiment.json"
 EXPERIMENT_PLOT = "experiment.png"
 EXPERIMENT_RUN = "experiment_run.json"
@@ -123,3 +126,8 @@ def open_append(path: str | os.PathLike, *, binary: bool = False):
     if not is_url(path):
         return path.open("ab" if binary else "a", encoding=None if binary else "utf-8")
     return RewriteOnFlush(path)
+
+
+def cache_root() -> str:
+    """$MIDIBERT_JAX_CACHE, default ~/.cache/midibert_jax: the machine-local caches runs share."""
+    return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "midibert_jax")

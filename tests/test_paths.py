@@ -99,3 +99,14 @@ def test_append_locally_and_to_a_bucket(bucket, tmp_path):
         with paths.open_append(path) as f:
             f.write("b\n")
         assert epath.Path(path).read_text() == "a\nb\n"
+
+
+def test_every_cache_lives_under_one_root(monkeypatch, tmp_path):
+    from midibert_jax.data import demo_corpus  # pylint: disable=import-outside-toplevel
+
+    monkeypatch.setenv(paths.CACHE_ENV, str(tmp_path))
+    assert paths.cache_root() == str(tmp_path)
+    assert os.path.dirname(demo_corpus.default_cache_dir()) == str(tmp_path)
+    monkeypatch.setenv(paths.CACHE_ENV, "")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert paths.cache_root() == str(tmp_path / "home" / ".cache" / "midibert_jax")

@@ -31,6 +31,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from midibert_jax import paths
 from midibert_jax.data import workers
 from midibert_jax.data.errors import DataError
 
@@ -349,8 +350,7 @@ class Conversion:
 
 def default_cache_dir(writer: str = "fast") -> str:
     """$MIDIBERT_JAX_CACHE (default ~/.cache/midibert_jax)/music21-<version>-<writer>."""
-    root = os.environ.get("MIDIBERT_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "midibert_jax"))
-    return os.path.join(root, f"music21-{music21_version()}-{writer}")
+    return os.path.join(paths.cache_root(), f"music21-{music21_version()}-{writer}")
 
 
 def _load_index(cache_dir: str) -> dict[str, dict[str, Any]]:
