@@ -3,6 +3,7 @@ r"""Our adversarial pre-training step beside the reference PyTorch step, in the 
     python benchmarks/bench_pretrain.py                          # tiny (L=512, B=8) and base (L=1024, B=2), native + AVX2
     python benchmarks/bench_pretrain.py --sizes tiny --steps 5 --isa native --out /tmp/pretrain.json
     python benchmarks/bench_pretrain.py --sizes tiny --ablate    # + FLOP rates and variants of our step (in process)
+    python benchmarks/bench_pretrain.py --sizes base --sequential base --isa native   # one side at a time
 
 Same-run comparison (always): for each ISA setting and size, two child processes are started, one serving
 our step (`midibert_jax.train.pretrain`'s train step, jitted as the Trainer jits it: masker forward on the
@@ -10,7 +11,8 @@ clean batch with dropout on -> adversarial top-k masking with a mask book (~10% 
 on the corrupted batch -> both losses -> gradients through both passes -> AdamW) and one serving the
 reference's step (bench_reference.py: transformers' BertModel with relative key-query positions, Python
 per-example loops, three AdamW optimisers). After each side's warm-up the parent alternates them step by
-step (`--steps` each) and takes the medians, so a shared machine's load hits both alike; the ratio is
+step (`--steps` each) and takes the medians, so a shared machine's load hits both alike (`--sequential SIZES`:
+one child at a time, for shapes whose two children do not fit in memory together); the ratio is
 reference s/step over ours. Peak memory is each child's resident high-water mark (ru_maxrss, measured
 the same way for both; ours includes XLA's compilation), plus XLA's own estimate of our step's buffers.
 
@@ -320,27 +322,45 @@ def _child_env(isa: str) -> dict[str, str]:
     return env
 
 
-def compare(case: str, isa: str, steps: int, dtype: str) -> dict[str, Any]:
-    """Reference and ours in two children under `isa`, warmed up, then `steps` steps each alternated; medians."""
+def compare(case: str, isa: str, steps: int, dtype: str, sequential: bool = False) -> dict[str, Any]:
+    """Reference and ours in two children under `isa`, warmed up, then `steps` steps each alternated; medians.
+
+    sequential: one child at a time (the reference's steps, then ours), for shapes where both children do not
+    fit in memory together (base on a 24 GB machine); still one run on one machine, but load changes between
+    the two halves are not shared, so the load average is recorded for each."""
     env = {**_child_env(isa), "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     here = pathlib.Path(__file__).resolve().parent
-    reference = Worker("reference", [sys.executable, str(here / "bench_reference.py"), "--serve", "--size", case], env)
-    ours = Worker("ours", [sys.executable, str(here / "bench_pretrain.py"), "--serve", case, "--dtype", dtype], env)
-    ready = {"reference": reference.wait_ready(), "ours": ours.wait_ready()}
-    print(f"  {case} {isa}: both sides ready (ours compiled in {ready['ours']['compile_s']:.0f} s); "
-          f"timing {steps} alternated steps each", flush=True)
-    for i in range(steps):
-        ref_s, ours_s = reference.step()["step_s"], ours.step()["step_s"]
-        print(f"    step {i + 1}/{steps}: reference {ref_s:.2f} s, ours {ours_s:.2f} s", flush=True)
+    commands = {"reference": [sys.executable, str(here / "bench_reference.py"), "--serve", "--size", case],
+                "ours": [sys.executable, str(here / "bench_pretrain.py"), "--serve", case, "--dtype", dtype]}
+    workers, ready, rss, loads = {}, {}, {}, {}
+    if sequential:
+        for name, command in commands.items():
+            worker = workers[name] = Worker(name, command, env)
+            ready[name] = worker.wait_ready()
+            print(f"  {case} {isa}: {name} ready; timing {steps} steps", flush=True)
+            for i in range(steps):
+                print(f"    step {i + 1}/{steps}: {name} {worker.step()['step_s']:.2f} s", flush=True)
+            loads[name] = os.getloadavg()
+            rss[name] = worker.quit()["max_rss_bytes"]
+    else:
+        workers = {name: Worker(name, command, env) for name, command in commands.items()}
+        ready = {name: worker.wait_ready() for name, worker in workers.items()}
+        print(f"  {case} {isa}: both sides ready (ours compiled in {ready['ours']['compile_s']:.0f} s); "
+              f"timing {steps} alternated steps each", flush=True)
+        for i in range(steps):
+            ref_s, ours_s = workers["reference"].step()["step_s"], workers["ours"].step()["step_s"]
+            print(f"    step {i + 1}/{steps}: reference {ref_s:.2f} s, ours {ours_s:.2f} s", flush=True)
+        rss = {name: worker.quit()["max_rss_bytes"] for name, worker in workers.items()}
     _, batch, length = CASES[case]
     out: dict[str, Any] = {"size": case, "isa": isa, "batch": batch, "length": length, "env": ISA_ENV[isa],
-                           "load_average": os.getloadavg()}
-    for name, worker in (("reference", reference), ("ours", ours)):
-        rss = worker.quit()["max_rss_bytes"]
+                           "mode": "sequential" if sequential else "alternated", "load_average": os.getloadavg()}
+    if sequential:
+        out["load_average_after"] = loads
+    for name, worker in workers.items():
         times = [s["step_s"] for s in worker.steps]
         out[name] = {**ready[name], "step_s": statistics.median(times), "step_times_s": times,
                      "cpu_s_per_step": statistics.median(s["cpu_s"] for s in worker.steps),
-                     "tokens_per_s": batch * length / statistics.median(times), "max_rss_bytes": rss}
+                     "tokens_per_s": batch * length / statistics.median(times), "max_rss_bytes": rss[name]}
     out["speedup"] = out["reference"]["step_s"] / out["ours"]["step_s"]
     out["target_met"] = bool(out["speedup"] >= TARGET_SPEEDUP)
     return out
@@ -396,6 +416,9 @@ def main(argv=None) -> int:
     parser.add_argument("--isa", default="native,avx2", help="comma-separated ISA settings from " + ",".join(ISA_ENV))
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="our compute dtype")
     parser.add_argument("--ablate", action="store_true", help="also time variants of our step on the first size")
+    parser.add_argument("--sequential", default="",
+                        help="comma-separated sizes compared one side at a time (the reference's steps, then ours) "
+                             "instead of alternated: for shapes whose two children do not fit in memory together")
     parser.add_argument("--serve", metavar="SIZE", help=argparse.SUPPRESS)  # child mode of the comparison
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "pretrain.json"))
     args = parser.parse_args(argv)
@@ -415,7 +438,7 @@ def main(argv=None) -> int:
     sizes = [s for s in args.sizes.split(",") if s]
     for isa in [i for i in args.isa.split(",") if i]:
         for size in sizes:
-            row = compare(size, isa, args.steps, args.dtype)
+            row = compare(size, isa, args.steps, args.dtype, sequential=size in args.sequential.split(","))
             result["comparisons"].append(row)
             print(_compare_row(row), flush=True)
             write_results(args.out, result)  # after every row, so that a killed run keeps what it measured

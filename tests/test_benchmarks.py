@@ -55,6 +55,24 @@ def test_bench_pretrain_times_the_real_step(tmp_path):
     assert math.isfinite(result["loss"]) and 0 < result["selected_fraction"] <= math.floor(0.15 * 64) / 56 + 1e-6
 
 
+@pytest.mark.parametrize("mode", ["alternated", "sequential"])
+def test_bench_pretrain_compares_both_sides_in_one_run(tmp_path, mode):
+    """The same-run comparison end to end: two child processes (ours and the reference), a ratio of medians."""
+    out = tmp_path / "pretrain.json"
+    command = [sys.executable, str(BENCHMARKS / "bench_pretrain.py"), "--sizes", "smoke", "--steps", "1", "--isa",
+               "native", "--out", str(out)] + (["--sequential", "smoke"] if mode == "sequential" else [])
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    (row,) = result["comparisons"]
+    assert row["mode"] == mode and row["size"] == "smoke"
+    assert row["speedup"] == pytest.approx(row["reference"]["step_s"] / row["ours"]["step_s"])
+    for side in ("reference", "ours"):
+        assert len(row[side]["step_times_s"]) == 1 and row[side]["max_rss_bytes"] > 0
+    assert set(result["cpu"]["isa"]) >= {"avx2", "avx512f"}  # the flags the figures are printed beside
+    assert "ratio" in proc.stdout and "CPU:" in proc.stdout
+
+
 def test_bench_reference_step_masks_as_the_reference_and_trains():
     import bench_reference
     import torch
