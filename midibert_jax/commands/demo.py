@@ -13,7 +13,7 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", default="runs/demo", help="folder of all the demo's runs (default: %(default)s)")
-    parser.add_argument("--pretrain-steps", type=int, default=600, help="pre-training steps (default: %(default)s)")
+    parser.add_argument("--pretrain-steps", type=int, default=800, help="pre-training steps (default: %(default)s)")
     parser.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds per arm (default: %(default)s)")
     parser.add_argument("--max-len", type=int, default=128, help="notes per window (default: %(default)s)")
     parser.add_argument("--protocols", default="probe",
