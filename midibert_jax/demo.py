@@ -44,7 +44,8 @@ class DemoOptions:
     seeds: int = 3  # fine-tuning seeds per arm
     max_len: int = 128
     # The probe (the head on the frozen encoder) measures what pre-training learned most directly and
-    # costs half a full fine-tuning run; add 'finetune' for full fine-tuning too (about 6 more minutes).
+    # costs half a full fine-tuning run; add 'finetune' for full fine-tuning too (12 more runs of ~45 s
+    # each on the 2-core AVX2 machine of docs/experiment.md: about 9 more minutes).
     protocols: Sequence[str] = ("probe",)
     scratch: bool = True  # the 'none' arm (a random encoder), for comparison
     random_baseline: bool = False
