@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import ml_collections
 
-VARIANTS = ("runlocal", "tpu")
-MODIFIERS = ("quick",)
+VARIANTS = ("runlocal", "tpu", "pop909", "paper")
+MODIFIERS = ("quick", "tpu")
+# The task datasets a user downloads (docs/datasets.md); `roots` holds their folders.
+DATASETS = ("pop909", "pianist8", "emopia")
 
 
 def _parse(arg: str | None) -> tuple[str, set[str]]:
@@ -43,7 +45,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         raise ValueError(f"unknown variant {variant!r} in config arg {arg!r}; choose one of {VARIANTS}")
     if unknown := modifiers - set(MODIFIERS):
         raise ValueError(f"unknown config modifier(s) {sorted(unknown)} in {arg!r}; known: {list(MODIFIERS)}")
-    tpu = variant == "tpu"
+    if "tpu" in modifiers and variant not in ("pop909", "paper"):
+        raise ValueError(f"the tpu modifier goes with pop909 or paper ({arg!r}); the demo tasks at scale are `tpu`")
+    tpu = variant == "tpu" or "tpu" in modifiers
 
     config = ml_collections.ConfigDict()
     # Pre-training arms: 'adversarial' (the paper's masker), 'random' (MidiBERT-Piano's 15% MLM: the
@@ -111,7 +115,53 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Test metrics aggregated (those a run's evaluation has; piece_accuracy: sequence tasks only).
     config.metrics = ("accuracy", "macro_f1", "piece_accuracy")
 
+    # Your downloads of the task datasets (docs/datasets.md), one override each, e.g.
+    # --config.roots.pop909=/data/POP909-Dataset: every task on that dataset reads it (its data.root), and
+    # so does pre-training on task training splits (pretrain.sources).
+    config.roots = ml_collections.ConfigDict({name: "" for name in DATASETS})
+    # Pre-training on task datasets (a pretrain.spec with data=tasks, configs/prepare.py:tasks): the
+    # datasets whose *training* split makes the corpus (their validation and test files, and any byte
+    # copy of them, never enter), and extra folders of MIDI files taken whole (e.g. POP1K7).
+    config.pretrain.sources = ()
+    config.pretrain.extra_folders = ()
+
+    if variant == "pop909":
+        _pop909(config, tpu)
+    elif variant == "paper":
+        _paper(config, tpu)
     if "quick" in modifiers:
         config.seeds = (0,)
         config.fractions = (1.0,)
     return config
+
+
+def _task_data(config: ml_collections.ConfigDict, sources: tuple[str, ...], tasks: tuple[str, ...], tpu: bool) -> None:
+    """Pre-training on the training splits of `sources`, fine-tuning `tasks` (configs/finetune.py names)."""
+    config.pretrain.sources = sources
+    config.pretrain.spec = "configs/pretrain.py:base,data=tasks" if tpu else "configs/pretrain.py:mini,runlocal,data=tasks"
+    config.tasks = tuple(f"configs/finetune.py:{t}" if tpu else f"configs/finetune.py:{t},runlocal" for t in tasks)
+
+
+def _pop909(config: ml_collections.ConfigDict, tpu: bool) -> None:
+    """POP909 melody and velocity, pre-trained on POP909's official training songs only (no test song leaks)."""
+    _task_data(config, ("pop909",), ("melody", "velocity"), tpu)
+    _budget(config, tpu)
+
+
+def _paper(config: ml_collections.ConfigDict, tpu: bool) -> None:
+    """The paper's four tasks, pre-trained on the training splits of POP909, Pianist8 and EMOPIA (+ extra_folders)."""
+    _task_data(config, DATASETS, ("melody", "velocity", "composer", "emotion"), tpu)
+    _budget(config, tpu)
+
+
+def _budget(config: ml_collections.ConfigDict, tpu: bool) -> None:
+    """Windows, steps and protocols of the task-data experiments: 512-note windows and the base model on an
+    accelerator (MidiBERT-Piano's setting; not yet run), the CPU recipe of docs/results/pop909.md otherwise."""
+    if tpu:
+        config.pretrain.overrides.data.max_len = 512
+        config.finetune.overrides.train = ml_collections.ConfigDict(
+            {"epochs": 10, "steps": 0, "eval_every": 0, "patience": 3})
+        config.protocols = ("finetune",)
+        return
+    config.pretrain_seeds = (0,)
+    config.protocols = ("finetune",)

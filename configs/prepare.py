@@ -4,11 +4,15 @@ Run:
   midibert-jax prepare                                   # demo corpus (music21 scores), default settings
   midibert-jax prepare --config configs/prepare.py:demo,runlocal
   midibert-jax prepare --config configs/prepare.py:folder --config.folder=/data/my_midis
+  midibert-jax prepare --config configs/prepare.py:tasks --config.task_roots.pop909=/data/POP909 \
+      --config.task_roots.pianist8=/data/Pianist8 --config.extra_folders="('/data/POP1K7',)"
   midibert-jax prepare --config configs/prepare.py:folder,beam --config.folder=/data/lakh \
       --config.beam_options="--runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp"
 
 `get_config(arg)` takes a variant, then comma-separated modifiers:
-  demo | folder          which builder (music21_demo or midi_folder)
+  demo | folder | tasks  which builder: music21_demo, midi_folder, or task_train_corpus (the training
+                         splits of task datasets plus extra folders; their validation and test files,
+                         and any byte-identical copy of them, never enter: the paper's corpus, leak-free)
   runlocal               laptop-sized windows (256 rows)
   reference              the reference's packing across pieces (REFERENCE.md §1.3)
   beam                   build with Apache Beam (DirectRunner unless beam_options say otherwise)
@@ -22,7 +26,7 @@ from __future__ import annotations
 
 import ml_collections
 
-VARIANTS = ("demo", "folder")
+VARIANTS = ("demo", "folder", "tasks")
 MODIFIERS = ("runlocal", "reference", "beam")
 
 
@@ -61,10 +65,16 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
             raise ValueError(f"unknown prepare modifier {m!r}; choose from {MODIFIERS}")
 
     config = ml_collections.ConfigDict()
-    # Which builder: 'demo' (music21_demo: scores shipped with music21) or 'folder' (midi_folder: your MIDI files).
+    # Which builder: 'demo' (music21_demo: scores shipped with music21), 'folder' (midi_folder: your MIDI files)
+    # or 'tasks' (task_train_corpus: task datasets' training splits + extra folders).
     config.dataset = variant
     # Folder of MIDI files for dataset='folder' (searched recursively; .mid/.midi/.kar).
     config.folder = ""
+    # dataset='tasks': per task dataset, its folder (your download; as the fine-tuning configs' data.root);
+    # the official training split of each one set enters the corpus, empty ones are not used.
+    config.task_roots = ml_collections.ConfigDict({"pop909": "", "pianist8": "", "emopia": ""})
+    # dataset='tasks': folders of MIDI files taken whole, e.g. ('/data/POP1K7',) (the paper's corpus).
+    config.extra_folders = ()
     # TFDS config name; empty -> derived from the corpus and the identity fields below
     # ('default' for the demo corpus with default settings).
     config.name = ""

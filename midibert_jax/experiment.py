@@ -161,6 +161,18 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         fail("protocol_overrides", f"{sorted(unknown)} name no protocol of {PROTOCOLS}")
     if not config.metrics:
         fail("metrics", "name at least one test metric (accuracy, macro_f1, piece_accuracy)")
+    roots = config.get("roots") or {}
+    if unknown := set(config.pretrain.get("sources", ()) or ()) - set(roots.keys()):
+        fail("pretrain.sources", f"{sorted(unknown)} name no dataset of `roots` ({sorted(roots.keys())})")
+
+
+def dataset_root(config: ml_collections.ConfigDict, dataset: str, used_by: str) -> str:
+    """The user's folder of a task dataset (`roots.<dataset>`); ConfigError naming the key when unset."""
+    root = (config.get("roots") or {}).get(dataset, "")
+    if not root:
+        raise ConfigError(f"roots.{dataset} is empty but {used_by} needs the {dataset} dataset: pass "
+                          f"--config.roots.{dataset}=DIR (your download; docs/datasets.md says where to get it)")
+    return root
 
 
 def pretrain_config(config: ml_collections.ConfigDict, arm: str, seed: int) -> ml_collections.ConfigDict:
@@ -170,6 +182,10 @@ def pretrain_config(config: ml_collections.ConfigDict, arm: str, seed: int) -> m
     if pre.masking.policy != "adversarial":
         raise ConfigError(f"pretrain.spec={config.pretrain.spec!r} sets masking.policy={pre.masking.policy!r}: "
                           "give the adversarial arm's config; the random arm adds masking=random to it")
+    if pre.data.dataset == "tasks":  # the task datasets' training splits (configs/prepare.py:tasks)
+        for dataset in config.pretrain.get("sources", ()) or ():
+            pre.data.task_roots[dataset] = dataset_root(config, dataset, "pretrain.sources")
+        pre.data.extra_folders = tuple(config.pretrain.get("extra_folders", ()) or ()) or pre.data.extra_folders
     pre.seed = seed
     if arm == "random":  # what configs/pretrain.py's masking=random modifier does
         pre.masking.policy = "random"
@@ -182,12 +198,16 @@ def pretrain_config(config: ml_collections.ConfigDict, arm: str, seed: int) -> m
 def finetune_config(config: ml_collections.ConfigDict, spec: str, task: str, arm: str, seed: int, protocol: str,
                     fraction: float, pre: ml_collections.ConfigDict, pre_dir: str | None) -> ml_collections.ConfigDict:
     """The fine-tuning config of one run; windows and encoder architecture are the pre-training config's."""
+    from midibert_jax.data import tasks  # pylint: disable=import-outside-toplevel
     from midibert_jax.train import warm_start  # pylint: disable=import-outside-toplevel
 
     ft = load_config(spec)
     _apply(ft, config.finetune.overrides, "finetune.overrides", FINETUNE_MANAGED)
     _apply(ft, config.task_overrides.get(task), f"task_overrides.{task}", FINETUNE_MANAGED)
     _apply(ft, config.protocol_overrides.get(protocol), f"protocol_overrides.{protocol}", FINETUNE_MANAGED)
+    dataset = tasks.get_task(ft.data.task).dataset
+    if dataset in (config.get("roots") or {}) and not ft.data.root:
+        ft.data.root = dataset_root(config, dataset, f"task {task!r}")
     ft.seed = seed
     ft.data.max_len = pre.data.max_len
     # The same encoder in every arm (the pre-trained arms take it from init_from anyway).
@@ -474,4 +494,28 @@ def collect(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, th
                               "validation_accuracy": _last_value(run.workdir, "eval/accuracy"),
                               "seconds": record.get("seconds")})
     return build_report(_plain(config), runs, missing=missing, pretrain=pretrain_runs, machine=machine_info(),
-                        metrics=tuple(config.metrics), stopped=stopped)
+                        metrics=tuple(config.metrics), stopped=stopped, baselines=task_baselines(the_plan, workdir))
+
+
+def task_baselines(the_plan: Plan, workdir: str | os.PathLike) -> dict[str, Any]:
+    """Per task whose dataset is built: the non-neural baselines on its test split (`midibert_jax.baselines`),
+    computed once and kept in <workdir>/baselines/<task>.json (redone when the dataset folder changes)."""
+    from midibert_jax import baselines  # pylint: disable=import-outside-toplevel
+    from midibert_jax.data import dataset_lock, prepare  # pylint: disable=import-outside-toplevel
+
+    out: dict[str, Any] = {}
+    for run in the_plan.finetune:
+        if run.task in out:
+            continue
+        dataset_dir = prepare.make_builder(run.config.data).data_path
+        if not dataset_lock.is_complete(dataset_dir):
+            continue
+        cache = paths.resolve(workdir) / "baselines" / f"{run.task}.json"
+        if cache.exists() and paths.read_json(cache).get("dataset_dir") == os.fspath(dataset_dir):
+            out[run.task] = paths.read_json(cache)
+            continue
+        result = {**baselines.evaluate_baselines(os.fspath(dataset_dir)), "dataset_dir": os.fspath(dataset_dir)}
+        if _is_primary():
+            paths.write_json(cache, result)
+        out[run.task] = result
+    return out

@@ -22,6 +22,8 @@ ARMS = ("adversarial", "random", "none")
 PROTOCOLS = ("probe", "finetune")
 # Paired comparisons (a - b over the seeds both finished), in the order the paper's claim reads.
 PAIRS = (("adversarial", "random"), ("adversarial", "none"), ("random", "none"))
+# A verdict other than 'unclear' needs the paired t-test's p below this (and the margin beyond the seed sd).
+ALPHA = 0.05
 
 
 def machine_info() -> dict[str, Any]:
@@ -128,16 +130,48 @@ def summarize(runs: Sequence[dict[str, Any]], metrics: Sequence[str] = ("accurac
     return {"summary": summary_rows(runs, metrics), "paired": paired_rows(runs, metrics)}
 
 
+def verdicts(report: dict[str, Any], metric: str = "accuracy", pairs: Sequence[tuple[str, str]] = PAIRS
+             ) -> list[dict[str, Any]]:
+    """Per task x protocol x fraction and pair (a, b): does a beat b beyond the seed spread?
+
+    'better' when the mean paired margin a - b exceeds the larger of the two arms' seed sd and the paired
+    t-test gives p < ALPHA, 'worse' when it is below minus that spread with p < ALPHA, else 'unclear'
+    (within the seed spread, or too few seeds to tell it from noise)."""
+    sd = {(r["task"], r["protocol"], r["fraction"], r["arm"]): r["sd"] or 0.0
+          for r in report["summary"] if r["metric"] == metric}
+    means = {(r["task"], r["protocol"], r["fraction"], r["arm"]): r["mean"]
+             for r in report["summary"] if r["metric"] == metric}
+    out = []
+    for p in report["paired"]:
+        if p["metric"] != metric or (p["a"], p["b"]) not in pairs:
+            continue
+        key = (p["task"], p["protocol"], p["fraction"])
+        spread = max(sd.get(key + (p["a"],), 0.0), sd.get(key + (p["b"],), 0.0))
+        margin = p["mean_diff"]
+        significant = p["p"] is not None and p["p"] < ALPHA
+        word = ("better" if margin > spread and significant else
+                "worse" if margin < -spread and significant else "unclear")
+        out.append({"task": key[0], "protocol": key[1], "fraction": key[2], "a": p["a"], "b": p["b"],
+                    "metric": metric, "mean_a": means.get(key + (p["a"],)), "mean_b": means.get(key + (p["b"],)),
+                    "margin": margin, "sd_margin": p["sd_diff"], "seed_spread": spread, "n": p["n"], "p": p["p"],
+                    "verdict": word})
+    return out
+
+
 def build_report(config: dict[str, Any], runs: Sequence[dict[str, Any]], *, missing: Sequence[dict[str, Any]] = (),
                  pretrain: Sequence[dict[str, Any]] = (), machine: dict[str, Any] | None = None,
-                 metrics: Sequence[str] = ("accuracy", "macro_f1", "piece_accuracy"), stopped: str = "") -> dict[str, Any]:
+                 metrics: Sequence[str] = ("accuracy", "macro_f1", "piece_accuracy"), stopped: str = "",
+                 baselines: dict[str, Any] | None = None) -> dict[str, Any]:
     """experiment.json: version, config, machine, counts (complete: every planned run finished; stopped:
     why the last invocation ended early, '' if it did not), the pre-training runs, the finished
-    fine-tuning runs, the missing ones, summary and paired rows."""
-    return {"version": VERSION, "config": config, "machine": machine or {},
-            "planned_runs": len(runs) + len(missing), "finished_runs": len(runs), "complete": not missing,
-            "stopped": stopped,
-            "pretrain": list(pretrain), "runs": list(runs), "missing": list(missing), **summarize(runs, metrics)}
+    fine-tuning runs, the missing ones, summary and paired rows, the verdicts of the paired comparisons
+    on the first metric, and per task the non-neural baselines on the same test split (`baselines`)."""
+    report = {"version": VERSION, "config": config, "machine": machine or {},
+              "planned_runs": len(runs) + len(missing), "finished_runs": len(runs), "complete": not missing,
+              "stopped": stopped, "pretrain": list(pretrain), "runs": list(runs), "missing": list(missing),
+              "baselines": dict(baselines or {}), **summarize(runs, metrics)}
+    report["verdicts"] = verdicts(report, metrics[0] if metrics else "accuracy")
+    return report
 
 
 def write_report(report: dict[str, Any], workdir: str | os.PathLike) -> None:
@@ -189,7 +223,36 @@ def format_table(report: dict[str, Any]) -> str:
                 sd = f" ± {p['sd_diff']:.3f}" if p["sd_diff"] is not None else ""
                 test = f", t={p['t']:.2f}, p={p['p']:.3g}" if p["p"] is not None else ", p n/a"
                 lines.append(f"  {p['a']} - {p['b']}: {p['mean_diff']:+.3f}{sd} {metrics[0]} (n={p['n']} paired seeds{test})")
+        if (task, protocol, fraction) == next(b for b in blocks if b[0] == task):
+            lines.extend(f"  {line}" for line in baseline_lines(report.get("baselines", {}).get(task)))
+    verdict_rows = report.get("verdicts", [])
+    if verdict_rows:
+        lines.append(f"\nverdicts (test {metrics[0]}: 'better' only when the paired margin exceeds the larger seed sd "
+                     f"and p < {ALPHA:g}):")
+        for v in verdict_rows:
+            sd = f" ± {v['sd_margin']:.3f}" if v["sd_margin"] is not None else ""
+            p = f", p={v['p']:.2g}" if v["p"] is not None else ", p n/a"
+            said = "unclear" if v["verdict"] == "unclear" else f"{v['a']} {v['verdict']} than {v['b']}"
+            lines.append(f"  {v['task']} {v['protocol']} {v['fraction']:g}: {v['a']} - {v['b']} {v['margin']:+.3f}{sd} "
+                         f"(seed spread {v['seed_spread']:.3f}, n={v['n']}{p}) -> {said}")
     return "\n".join(lines).lstrip("\n")
+
+
+def baseline_lines(result: dict[str, Any] | None) -> list[str]:
+    """The baselines of one task (`baselines.evaluate_baselines`) and the published numbers, as text lines."""
+    if not result:
+        return []
+    parts = []
+    for name, b in result.get("baselines", {}).items():
+        extra = f" (binary {b['binary_accuracy']:.3f})" if "binary_accuracy" in b else ""
+        extra += f" (piece {b['piece_accuracy']:.3f})" if "piece_accuracy" in b else ""
+        parts.append(f"{name} {b['accuracy']:.3f}{extra}")
+    lines = ["baselines on the same test split: " + ", ".join(parts)] if parts else []
+    published = result.get("published", {})
+    if published:
+        lines.append("published (other tokens and windows, cited): " +
+                     ", ".join(f"{name} {value:.2f}%" for name, value in published.items()))
+    return lines
 
 
 def print_table(report: dict[str, Any]) -> None:

@@ -40,3 +40,15 @@ def built_folder_dataset(midi_corpus, tmp_path_factory):
     )
     builder.download_and_prepare()
     return builder
+
+
+# The real datasets beside the checkout (../shared/data: POP909, Pianist8, EMOPIA_1.0, POP1K7); CI has them.
+SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def shared_data(*parts: str) -> pathlib.Path:
+    """A path under ../shared/data; a test that needs it fails (never skips) when it is not there."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.fail(f"{path} not found: the tests read the real datasets from ../shared/data beside the checkout")
+    return path

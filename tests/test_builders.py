@@ -275,10 +275,12 @@ def test_fast_conversion_skips_beaming_without_changing_the_midi(tmp_path):
 def test_summary_counts_per_top_level_folder():
     records = [manifest.FileRecord(piece_id=i, path=p, status=st, num_notes=n, num_windows=w, split="train")
                for i, (p, st, n, w) in enumerate([("folk/a.mid", "ok", 100, 1), ("folk/b.mid", "ok", 50, 1),
-                                                   ("classical/c.mid", "ok", 900, 8), ("folk/d.mid", "skipped", 0, 0)])]
+                                                   ("classical/c.mid", "ok", 900, 8), ("folk/d.mid", "skipped", 0, 0),
+                                                   ("folk/e.mid", "duplicate", 0, 0), ("folk/f.txt", "ignored", 0, 0)])]
     summary = manifest.Manifest(records).summary()
-    assert summary["groups"] == {"classical": {"pieces": 1, "windows": 8, "notes": 900, "skipped": 0},
-                                 "folk": {"pieces": 2, "windows": 2, "notes": 150, "skipped": 1}}
+    assert summary["groups"] == {
+        "classical": {"pieces": 1, "windows": 8, "notes": 900, "skipped": 0, "duplicate": 0, "ignored": 0},
+        "folk": {"pieces": 2, "windows": 2, "notes": 150, "skipped": 1, "duplicate": 1, "ignored": 1}}
     text = manifest.format_summary(summary)
     assert "classical" in text and text.index("classical") < text.index("folk")  # largest first
 

@@ -95,10 +95,13 @@ def test_report_schema_table_and_plot(tmp_path):
     report = experiment_report.build_report({"metrics": ["accuracy", "macro_f1"]}, SYNTHETIC,
                                      missing=[{"task": "t", "arm": "random", "seed": 0, "protocol": "probe",
                                                "fraction": 0.1, "workdir": "w"}],
-                                     machine={"cpu": "x"}, metrics=("accuracy", "macro_f1"))
+                                     machine={"cpu": "x"}, metrics=("accuracy", "macro_f1"),
+                                     baselines={"t": {"baselines": {"majority": {"accuracy": 0.25},
+                                                                    "skyline": {"accuracy": 0.5, "binary_accuracy": 0.6}},
+                                                      "published": {"Bi-LSTM (CP)": 88.66}}})
     assert json.loads(json.dumps(report)) == report  # JSON as it is
     assert set(report) == {"version", "config", "machine", "planned_runs", "finished_runs", "complete", "stopped",
-                           "pretrain", "runs", "missing", "summary", "paired"}
+                           "pretrain", "runs", "missing", "summary", "paired", "baselines", "verdicts"}
     assert (report["planned_runs"], report["finished_runs"], report["complete"]) == (11, 10, False)
     assert set(report["summary"][0]) == {"task", "protocol", "fraction", "metric", "arm", "n", "mean", "sd"}
     assert set(report["paired"][0]) == {"task", "protocol", "fraction", "metric", "a", "b", "n", "seeds", "mean_diff",
@@ -107,12 +110,32 @@ def test_report_schema_table_and_plot(tmp_path):
     assert table.startswith("PARTIAL: 10 of 11 fine-tuning runs finished")
     assert "0.800 ± 0.100 (n=3)" in table and "0.600 (n=1)" in table
     assert "adversarial - random: +0.150 ± 0.087 accuracy (n=3 paired seeds, t=3.00, p=0.0955)" in table
+    assert "baselines on the same test split: majority 0.250, skyline 0.500 (binary 0.600)" in table
+    assert table.count("baselines on the same test split") == 1  # once per task
+    assert "published (other tokens and windows, cited): Bi-LSTM (CP) 88.66%" in table
+    assert "  t probe 1: adversarial - random +0.150 ± 0.087 (seed spread 0.100, n=3, p=0.095) -> unclear" in table
     experiment_report.write_report(report, tmp_path)
     assert json.loads((tmp_path / "experiment.json").read_text()) == report
     assert (tmp_path / "experiment.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert experiment_report.load_report(tmp_path) == report
     with pytest.raises(FileNotFoundError, match="midibert-jax experiment"):
         experiment_report.load_report(tmp_path / "nothing")
+
+
+def test_verdicts_need_the_margin_beyond_the_seed_spread_and_p_below_alpha():
+    runs = [_run("t", arm, seed, "finetune", 1.0, acc) for arm, accs in (
+        ("adversarial", (0.80, 0.81, 0.82)), ("random", (0.60, 0.70, 0.80)), ("none", (0.70, 0.705, 0.72)))
+        for seed, acc in enumerate(accs)]
+    report = experiment_report.build_report({}, runs, metrics=("accuracy",))
+    words = {(v["a"], v["b"]): v["verdict"] for v in report["verdicts"]}
+    # adversarial - none: +0.1 each seed, sd 0.003 -> better; random - none: +0.002 ± wide -> unclear;
+    # adversarial - random: +0.11 but the random arm's own spread is 0.1 and p = 0.2 -> unclear.
+    assert words == {("adversarial", "none"): "better", ("random", "none"): "unclear",
+                     ("adversarial", "random"): "unclear"}
+    flipped = experiment_report.build_report({}, [{**r, "arm": {"adversarial": "none", "none": "adversarial"}.get(
+        r["arm"], r["arm"])} for r in runs], metrics=("accuracy",))
+    assert {(v["a"], v["b"]): v["verdict"] for v in flipped["verdicts"]}[("adversarial", "none")] == "worse"
+    assert "-> adversarial better than none" in experiment_report.format_table(report)
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -189,6 +212,38 @@ def test_short_runs_keep_warmup_below_the_steps_and_overrides_are_checked(tmp_pa
         named.task_overrides = ml_collections.ConfigDict({"mine": {"data": {"root": "/data/x"}}})
     run = experiment.plan(named, tmp_path).finetune[0]
     assert run.task == "mine" and run.config.data.root == "/data/x" and run.config.task.name == "folder_sequence"
+
+
+@pytest.mark.parametrize("variant", ["pop909", "pop909,quick", "pop909,tpu", "paper", "paper,quick", "paper,tpu"])
+def test_task_data_variants_take_one_root_per_dataset_and_validate(variant, tmp_path):
+    config = _config_of(variant)
+    with pytest.raises(ConfigError, match=r"roots.pop909 is empty but pretrain.sources needs the pop909 dataset: pass "
+                                          r"--config.roots.pop909=DIR"):
+        experiment.plan(config, tmp_path)
+    roots = {"pop909": "/data/POP909", "pianist8": "/data/Pianist8", "emopia": "/data/EMOPIA_1.0"}
+    for dataset, root in roots.items():
+        config.roots[dataset] = root
+    config.pretrain.extra_folders = ("/data/POP1K7",)
+    plan = experiment.plan(config, tmp_path)
+    experiment._validate(plan)  # every run's config passes the trainers' own validation
+    paper = variant.startswith("paper")
+    sources = set(roots) if paper else {"pop909"}
+    for run in plan.pretrain:
+        data = run.config.data
+        assert data.dataset == "tasks" and data.extra_folders == ("/data/POP1K7",)
+        assert {d: r for d, r in data.task_roots.items() if r} == {d: roots[d] for d in sources}
+    tasks = {"melody": "pop909", "velocity": "pop909", "composer": "pianist8", "emotion": "emopia"}
+    assert {r.task for r in plan.finetune} == ({*tasks} if paper else {"melody", "velocity"})
+    for run in plan.finetune:
+        assert run.config.data.root == roots[tasks[run.task]] and run.config.data.max_len == plan.pretrain[0].config.data.max_len
+    if "tpu" in variant:
+        assert plan.pretrain[0].config.model.size == "base" and plan.pretrain[0].config.data.max_len == 512
+    else:
+        assert plan.pretrain[0].config.model.size == "mini"
+
+
+def _config_of(variant):
+    return config_loading.load_config(f"configs/experiment.py:{variant}")
 
 
 def test_demo_tasks_validation_and_test_pieces_stay_out_of_demo_pretraining(tmp_path, monkeypatch):

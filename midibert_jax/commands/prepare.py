@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     summary = built.summary()
     summary["data_dir"] = os.fspath(dataset_dir)
     print(manifest.format_summary(summary))
-    for line in manifest.skipped_lines(built.records, limit=10):
-        print(f"  skipped {line}")
+    for line in manifest.left_out_lines(built.records, limit=10):
+        print(f"  {line}")
     print(f"  manifest: {dataset_dir / manifest.MANIFEST_FILENAME}")
     return 0

@@ -72,6 +72,7 @@ def label_note_piece(
     rename_parts: bool = False,
     min_tracks: int = 1,
     blank_velocity: bool = True,
+    required: tuple[tuple[int, str], ...] = (),
 ) -> NotePieceResult:
     """Tokenizes one file and labels every note; cuts it into windows as pre-training does.
 
@@ -84,6 +85,8 @@ def label_note_piece(
       unmapped: 'error' (the file fails with error_kind 'unmapped_track') or 'ignore' (label -1).
       rename_parts: name the tracks by part first (demo corpus; see `_rename_parts`).
       min_tracks: files with fewer note-bearing instruments are skipped ('too_few_parts').
+      required: (class, name) pairs a file must have notes of ('track' mode), else it is skipped
+        ('missing_track'): a POP909 song without its MELODY track has no melody to find.
 
     Returns:
       windows int32 [W, max_len, 8] and labels int32 [W, max_len], or a reason when rejected.
@@ -115,6 +118,11 @@ def label_note_piece(
                     label = found
             track_labels.append(label)
         unmapped_names = sorted(set(unmapped_names))
+        missing = [name for label, name in required if label not in track_labels]
+        if mode == "track" and missing:
+            names = sorted({inst.name or "(unnamed track)" for inst in instruments})
+            return NotePieceResult(reason=f"no {' or '.join(missing)} track with notes (tracks: {names})",
+                                   error_kind="missing_track")
         if unmapped_names and unmapped == "error":
             return NotePieceResult(
                 reason=f"track(s) {unmapped_names} map to no class of the track map", error_kind="unmapped_track",

@@ -9,7 +9,9 @@ Record statuses:
   skipped    rejected; `reason` says why (`error_kind` groups reasons: the tokenizer's error
              kind, `timeout`, `worker_crash`, `internal_error`, `conversion`, ...).
   duplicate  byte-identical to an earlier file (`reason` names it); not tokenized.
-  ignored    not a MIDI file by extension; not read.
+  ignored    left out on purpose, `reason` says why (`error_kind`): not a MIDI file by extension, not a
+             file of the dataset's layout, not in the split lists, or held out of a pre-training
+             corpus as a task's validation / test file or a byte copy of one).
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ class Manifest:
         """Aggregate counts: files per status, reasons, and per-split pieces/windows/notes."""
         status = collections.Counter(r.status for r in self.records)
         kinds = collections.Counter(r.error_kind or "unknown" for r in self.records if r.status == "skipped")
+        ignored = collections.Counter(r.error_kind or "unknown" for r in self.records if r.status == "ignored")
         splits: dict[str, dict[str, int]] = {}
         for r in self.records:
             if r.status != "ok":
@@ -103,17 +106,18 @@ class Manifest:
         groups: dict[str, dict[str, int]] = {}
         for r in self.records:  # per top-level folder: the demo corpus' collections, a folder's sub-folders
             g = groups.setdefault(r.path.split("/", 1)[0] if "/" in r.path else ".",
-                                  {"pieces": 0, "windows": 0, "notes": 0, "skipped": 0})
+                                  {"pieces": 0, "windows": 0, "notes": 0, "skipped": 0, "duplicate": 0, "ignored": 0})
             if r.status == "ok":
                 g["pieces"] += 1
                 g["windows"] += r.num_windows
                 g["notes"] += r.num_notes
-            elif r.status == "skipped":
-                g["skipped"] += 1
+            else:
+                g[r.status] += 1
         return {
             "files": len(self.records),
             "status": {k: status.get(k, 0) for k in STATUSES},
             "skipped_by_kind": dict(kinds.most_common()),
+            "ignored_by_kind": dict(ignored.most_common()),
             "splits": splits,
             "groups": dict(sorted(groups.items(), key=lambda kv: -kv[1]["notes"])),
             "seconds_total": round(sum(r.seconds for r in self.records), 3),
@@ -142,7 +146,8 @@ class Manifest:
         return cls(records, info)
 
 
-_DERIVED_SUMMARY_KEYS = ("files", "status", "skipped_by_kind", "splits", "groups", "seconds_total", "slowest")
+_DERIVED_SUMMARY_KEYS = ("files", "status", "skipped_by_kind", "ignored_by_kind", "splits", "groups", "seconds_total",
+                         "slowest")
 
 
 def read_jsonl_records(lines: Iterable[str]) -> list[FileRecord]:
@@ -166,18 +171,20 @@ def format_summary(summary: dict[str, Any], max_reasons: int = 10, max_groups: i
         lines.append(f"  {split}: " + ", ".join(parts))
     groups = summary.get("groups", {})
     if len(groups) > 1:
-        lines.append(f"  per folder (largest first): {'pieces':>7s} {'windows':>8s} {'notes':>9s} {'skipped':>7s}")
-        for name, g in list(groups.items())[:max_groups]:
-            lines.append(f"    {name[:26]:26s} {g['pieces']:7d} {g['windows']:8d} {g['notes']:9d} {g['skipped']:7d}")
-        if len(groups) > max_groups:
-            rest = list(groups.values())[max_groups:]
-            lines.append(f"    {f'... {len(rest)} more':26s} " + " ".join(
-                f"{sum(g[k] for g in rest):{w}d}" for k, w in (("pieces", 7), ("windows", 8), ("notes", 9), ("skipped", 7))))
+        columns = (("pieces", 7), ("windows", 8), ("notes", 9), ("skipped", 7), ("duplicate", 9), ("ignored", 7))
+        lines.append("  per folder (largest first): " + " ".join(f"{k:>{w}s}" for k, w in columns))
+        shown = list(groups.items())[:max_groups]
+        rest = list(groups.values())[max_groups:]
+        if rest:
+            shown.append((f"... {len(rest)} more", {k: sum(g.get(k, 0) for g in rest) for k, _ in columns}))
+        for name, g in shown:
+            lines.append(f"    {name[:26]:26s} " + " ".join(f"{g.get(k, 0):{w}d}" for k, w in columns))
     for split, n in sorted(summary.get("examples", {}).items()):
         lines.append(f"  {split}: {n} examples written")
-    kinds = summary.get("skipped_by_kind", {})
-    if kinds:
-        lines.append("  skipped by reason: " + ", ".join(f"{k} {v}" for k, v in list(kinds.items())[:max_reasons]))
+    for status in ("skipped", "ignored"):
+        kinds = summary.get(f"{status}_by_kind", {})
+        if kinds:
+            lines.append(f"  {status} by reason: " + ", ".join(f"{k} {v}" for k, v in list(kinds.items())[:max_reasons]))
     if summary.get("build_seconds") is not None:
         lines.append(f"  build time {summary['build_seconds']:.1f} s ({summary['seconds_total']:.1f} s of worker time)")
     empty = summary.get("empty_splits")
@@ -188,12 +195,18 @@ def format_summary(summary: dict[str, Any], max_reasons: int = 10, max_groups: i
     return "\n".join(lines)
 
 
-def skipped_lines(records: Sequence[FileRecord], limit: int = 20) -> list[str]:
-    """`path: reason` for the first `limit` skipped files (for command output)."""
-    out = [f"{r.path}: {r.reason}" for r in records if r.status == "skipped"]
-    if len(out) > limit:
-        out = out[:limit] + [f"... and {len(out) - limit} more (see {MANIFEST_FILENAME})"]
-    return out
+def left_out_lines(records: Sequence[FileRecord], limit: int = 20) -> list[str]:
+    """What a build left out, by name (for command output): `skipped PATH: reason` for the first `limit`
+    skipped files, then per kind of ignored file its count and one example with the reason."""
+    skipped = [f"skipped {r.path}: {r.reason}" for r in records if r.status == "skipped"]
+    if len(skipped) > limit:
+        skipped = skipped[:limit] + [f"... and {len(skipped) - limit} more skipped (see {MANIFEST_FILENAME})"]
+    kinds: dict[str, list[FileRecord]] = {}
+    for r in records:
+        if r.status == "ignored":
+            kinds.setdefault(r.error_kind or "unknown", []).append(r)
+    ignored = [f"ignored ({kind}) {len(rs)} file(s), e.g. {rs[0].path}: {rs[0].reason}" for kind, rs in kinds.items()]
+    return skipped + ignored
 
 
 def split_notes(dataset_dir: epath.PathLike, split: str) -> int:

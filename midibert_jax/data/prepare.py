@@ -3,7 +3,7 @@
     dataset_dir = prepare(config.data)          # builds on first use, reuses afterwards
     source = pipeline.load_split(dataset_dir, "train")
 
-The config is a pre-training data block (configs/prepare.py: `dataset` 'demo' | 'folder') or
+The config is a pre-training data block (configs/prepare.py: `dataset` 'demo' | 'folder' | 'tasks') or
 a fine-tuning one (configs/finetune_data.py: `task`). Every process of a multi-host run calls
 `prepare`: process 0 builds first while the others wait, then they reuse its files (shared
 data_dir) or build their own copy (a data_dir on each host's local disk).
@@ -26,7 +26,7 @@ import ml_collections
 from etils import epath
 
 from midibert_jax.data import dataset_lock, tasks
-from midibert_jax.data.builders import common, corpus, task_base, task_kinds
+from midibert_jax.data.builders import common, corpus, task_base, task_corpus, task_kinds
 from midibert_jax.data.errors import DatasetConfigError, TaskConfigError
 
 
@@ -76,7 +76,11 @@ def _corpus_builder_config(config: ml_collections.ConfigDict):
             collections=tasks.split_names(config.demo.collections), writer=config.demo.writer,
             exclude=tuple(sorted(config.demo.get("exclude", ()))), **identity,
         )
-    raise DatasetConfigError(f"unknown data.dataset {config.dataset!r}; expected 'demo' or 'folder'")
+    if config.dataset == "tasks":
+        sources = [(dataset, tasks.expand(root)) for dataset, root in config.task_roots.items() if root]
+        return task_corpus.TaskTrainCorpus, task_corpus.task_corpus_config(
+            sources, [tasks.expand(f) for f in config.extra_folders], name=config.name or None, **identity)
+    raise DatasetConfigError(f"unknown data.dataset {config.dataset!r}; expected 'demo', 'folder' or 'tasks'")
 
 
 def _task_builder_config(config: ml_collections.ConfigDict):

@@ -26,6 +26,7 @@ import dataclasses
 import logging
 import math
 import os
+import time
 from typing import Any, Callable, Sequence
 
 import jax
@@ -48,6 +49,9 @@ from midibert_jax.train.task_info import TARGET_KEY, TaskInfo, task_info
 log = logging.getLogger(__name__)
 
 BEST_METRIC = "eval/accuracy"
+# Wall-clock seconds of the run at each evaluation (compilation, training and evaluation; summed over
+# resumes): validation accuracy against it is the run's time-to-accuracy curve.
+ELAPSED = "time/elapsed_s"
 IMPROVEMENTS = ("accuracy", "accuracy_or_loss")
 ITEMS = {"state": checkpointing.ARRAYS, "early_stopping": checkpointing.JSON, "config": checkpointing.JSON}
 
@@ -273,7 +277,8 @@ def resolve_config(config: ml_collections.ConfigDict, task: TaskInfo, workdir: s
 
 def new_record() -> dict[str, Any]:
     """The early-stopping record saved with every checkpoint (item `early_stopping`, JSON)."""
-    return {"best_accuracy": None, "best_loss": None, "best_step": None, "bad_evals": 0, "stopped": ""}
+    return {"best_accuracy": None, "best_loss": None, "best_step": None, "bad_evals": 0, "stopped": "",
+            "elapsed_s": 0.0}
 
 
 def restored_record(restored: checkpointing.Restored | None, step: int) -> dict[str, Any]:
@@ -352,6 +357,7 @@ def train_and_evaluate(
     )
     total_steps = cfg.train.steps or cfg.train.epochs * plan.steps_per_epoch
     eval_every = cfg.train.eval_every or plan.steps_per_epoch
+    started = time.monotonic()  # the run's wall clock (compilation, training, evaluation), summed over resumes
     trainer = FinetuneTrainer(cfg, task, total_steps=total_steps, wrap_step=wrap_step)
     write_run_files(workdir, cfg)
     ckpt = checkpointing.Checkpointer(
@@ -370,6 +376,7 @@ def train_and_evaluate(
         origin = f"encoder from {cfg.train.init_from}" if origin == "init_from" else origin
         start = int(jax.device_get(state.step))
         record = restored_record(restored, start)
+        elapsed_before = float(record["elapsed_s"])
         summary = {"origin": origin, "last_eval": {}}
         if record["stopped"] == "done" and start < total_steps:
             record["stopped"] = ""  # finished an earlier, shorter budget: continue
@@ -402,12 +409,13 @@ def train_and_evaluate(
             result = ctx.last_eval = summary["last_eval"] = trainer.evaluate(ctx.state.params, data.valid,
                                                                               cfg.train.eval_batches)
             best = update_record(record, result, ctx.step, cfg.train.improvement)
+            record["elapsed_s"] = round(elapsed_before + time.monotonic() - started, 3)
             if cfg.train.patience and record["bad_evals"] >= cfg.train.patience:
                 record["stopped"] = "early"
             elif ctx.step == total_steps:
                 record["stopped"] = "done"
             ctx.eval = classification_metrics.eval_scalars(result)
-            writer.write(ctx.step, ctx.eval | {"eval/bad_evals": record["bad_evals"]})
+            writer.write(ctx.step, ctx.eval | {"eval/bad_evals": record["bad_evals"], ELAPSED: record["elapsed_s"]})
             save(ctx)
             extra = f", piece accuracy {result['piece_accuracy']:.4f}" if "piece_accuracy" in result else ""
             say(f"[finetune] step {ctx.step}: validation accuracy {result['accuracy']:.4f}{extra}, "

@@ -283,8 +283,22 @@ class TaskBuilder(MidiFolder, skip_registration=True):
         if self._use_beam:
             raise TaskConfigError(f"{self.name}: fine-tuning datasets are built locally; Beam is not supported")
         root = self._root(dl_manager) if self._needs_root() else None
-        self._root_used = root
         self._source = root or self._source_description()
+        inputs = self.list_split_inputs(root)
+        self._inputs = inputs
+        self._records = [i.record() for i in inputs if i.status != "pending"]
+        self._tokenize([i for i in inputs if i.status == "pending"])
+        if not self._spill.count(TRAIN):
+            raise TaskDataError(f"{self.name}: no usable piece in the train split (see the skipped files above)")
+        return {split: self._spill.examples(split) for split in SPLITS if self._spill.count(split)}
+
+    def list_split_inputs(self, root: str | None) -> list[InputFile]:
+        """Every file under `root`, hashed, with its split ('train' / 'validation' / 'test'); files that
+        cannot be used keep their status and reason (not a song of the dataset, not in the split lists,
+        a duplicate, unreadable). The one answer to "which files of this task are in which split",
+        shared by this builder and the pre-training corpora of task training splits (`task_corpus`).
+        """
+        self._root_used = root
         self._class_names = tuple(self._resolve_class_names())
         inputs = self._list_task_inputs(root)
         if not any(i.status == "pending" for i in inputs):
@@ -298,12 +312,7 @@ class TaskBuilder(MidiFolder, skip_registration=True):
             for inp in inputs:
                 if inp.sha256 is not None and inp.status in ("pending", "duplicate"):
                     inp.split = assignment[inp.piece_id]
-        self._inputs = inputs
-        self._records = [i.record() for i in inputs if i.status != "pending"]
-        self._tokenize([i for i in inputs if i.status == "pending"])
-        if not self._spill.count(TRAIN):
-            raise TaskDataError(f"{self.name}: no usable piece in the train split (see the skipped files above)")
-        return {split: self._spill.examples(split) for split in SPLITS if self._spill.count(split)}
+        return inputs
 
     def _listed_splits(self, inputs: list[InputFile], root: str | None) -> dict[int, str]:
         """Official lists or split.json: split per piece_id; unlisted files become 'ignored'."""

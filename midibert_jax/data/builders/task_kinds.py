@@ -47,6 +47,8 @@ class _NoteTaskBuilder(TaskBuilder, skip_registration=True):
     # Demo corpus: name tracks by part (first part -> melody).
     RENAME_PARTS = False
     MIN_TRACKS = 1
+    # Classes every file must have notes of (skipped otherwise, naming them).
+    REQUIRED_CLASSES: tuple[str, ...] = ()
 
     def _resolve_class_names(self) -> tuple[str, ...]:
         if self.LABEL_MODE == "velocity":
@@ -55,13 +57,14 @@ class _NoteTaskBuilder(TaskBuilder, skip_registration=True):
         return track_map.class_names
 
     def _worker_task(self):
-        patterns = ()
+        patterns, required = (), ()
         if self.LABEL_MODE == "track":
             patterns = tasks.parse_track_map(self.config.track_map, self._class_names).patterns
+            required = tuple((self._class_names.index(c), c) for c in self.REQUIRED_CLASSES if c in self._class_names)
         return functools.partial(
             labels.label_note_piece, max_len=self.config.max_len, mode=self.LABEL_MODE, patterns=patterns,
             unmapped=self.config.unmapped_tracks, rename_parts=self.RENAME_PARTS, min_tracks=self.MIN_TRACKS,
-            blank_velocity=self.config.blank_velocity,
+            blank_velocity=self.config.blank_velocity, required=required,
         )
 
 
@@ -102,6 +105,7 @@ class Pop909Melody(_Pop909):
     """POP909 melody extraction: each note labelled by its track (MELODY 0, BRIDGE 1, PIANO 2)."""
 
     TASK = "melody"
+    REQUIRED_CLASSES = ("MELODY",)
     BUILDER_CONFIGS = [TaskConfig(name="official", track_map="MELODY,BRIDGE,PIANO", unmapped_tracks="ignore",
                                   description="MidiBERT-Piano's official split, 1024-row windows.")]
 
