@@ -139,7 +139,7 @@ def _task_data(config: ml_collections.ConfigDict, sources: tuple[str, ...], task
     """Pre-training on the training splits of `sources`, fine-tuning `tasks` (configs/finetune.py names)."""
     config.pretrain.sources = sources
     config.pretrain.spec = "configs/pretrain.py:base,data=tasks" if tpu else "configs/pretrain.py:mini,runlocal,data=tasks"
-    config.tasks = tuple(f"configs/finetune.py:{t}" if tpu else f"configs/finetune.py:{t},runlocal" for t in tasks)
+    config.tasks = tuple(f"configs/finetune.py:{t}" if tpu else f"configs/finetune.py:{t},cpu" for t in tasks)
 
 
 def _pop909(config: ml_collections.ConfigDict, tpu: bool) -> None:
@@ -155,13 +155,25 @@ def _paper(config: ml_collections.ConfigDict, tpu: bool) -> None:
 
 
 def _budget(config: ml_collections.ConfigDict, tpu: bool) -> None:
-    """Windows, steps and protocols of the task-data experiments: 512-note windows and the base model on an
-    accelerator (MidiBERT-Piano's setting; not yet run), the CPU recipe of docs/results/pop909.md otherwise."""
+    """Windows, steps and protocols of the task-data experiments (full fine-tuning only; pre-training shared by
+    the replicates on a CPU): 512-note windows, MidiBERT-Piano's unit, in both. On an accelerator the base model
+    (not yet run); on a 2-core CPU the mini model of the `cpu` fine-tuning recipe with short runs (docs/results/
+    pop909.md: its cost and what it found)."""
+    config.protocols = ("finetune",)
+    config.pretrain.overrides.data.max_len = 512
     if tpu:
-        config.pretrain.overrides.data.max_len = 512
+        config.pretrain.overrides.data.batch_size = 64
+        config.pretrain.overrides.train = ml_collections.ConfigDict(
+            {"steps": 10_000, "eval_every": 500, "checkpoint_every": 500})
         config.finetune.overrides.train = ml_collections.ConfigDict(
             {"epochs": 10, "steps": 0, "eval_every": 0, "patience": 3})
-        config.protocols = ("finetune",)
         return
     config.pretrain_seeds = (0,)
-    config.protocols = ("finetune",)
+    pre = config.pretrain.overrides
+    pre.model = ml_collections.ConfigDict({"position_embedding": "rope"})  # the recipe's encoder (fine-tuning follows)
+    pre.data.batch_size = 8
+    pre.train = ml_collections.ConfigDict({"steps": 600, "eval_every": 150, "checkpoint_every": 150})
+    pre.optim = ml_collections.ConfigDict({"learning_rate": 5e-4, "warmup_steps": 50})
+    config.finetune.overrides.train = ml_collections.ConfigDict(
+        {"epochs": 0, "steps": 400, "eval_every": 100, "patience": 0})
+    config.protocol_overrides.finetune.optim.learning_rate = 1e-3

@@ -2,6 +2,7 @@
 
 Kept in the package (not in the notebooks) so it is tested and reusable from scripts:
   read_metrics(workdir)                -> {key: (steps int [n], values float [n])}, current metric names
+  time_to_accuracy(workdir)            -> (seconds [n], validation accuracy [n]) at each evaluation
   plot_curves(axes, runs, keys)        loss / accuracy curves of several workdirs
   note_rectangles(tokens)              onset, pitch, duration (in beats) of Octuple rows
   piano_roll(ax, tokens, values=...)   notes as bars, coloured by a per-note value (e.g. masker score)
@@ -45,6 +46,19 @@ def read_metrics(workdir: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.n
         key: (np.array(sorted(points), np.int64), np.array([points[s] for s in sorted(points)], np.float64))
         for key, points in series.items()
     }
+
+
+def time_to_accuracy(workdir: str | os.PathLike, key: str = "eval/accuracy",
+                     clock: str = "time/elapsed_s") -> tuple[np.ndarray, np.ndarray]:
+    """(wall-clock seconds of the run, validation `key`) at each evaluation that logged both: the run's
+    time-to-accuracy curve (fine-tuning logs `clock`: compilation, training and evaluation, over resumes)."""
+    metrics = read_metrics(workdir)
+    if key not in metrics or clock not in metrics:
+        return np.zeros(0), np.zeros(0)
+    seconds = dict(zip(*metrics[clock]))
+    steps, values = metrics[key]
+    keep = [i for i, s in enumerate(steps) if s in seconds]
+    return np.array([seconds[steps[i]] for i in keep], np.float64), values[keep]
 
 
 def plot_curves(axes, runs: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]], keys: Sequence[str]) -> None:
