@@ -54,12 +54,14 @@ KIND_HEADS = {"encoder": (), "pretrain": ("recoverer",), "masker": ("masker",), 
               "sequence": ("sequence_head",)}
 OPTIONAL_HEADS = {"pretrain": ("masker",)}
 TOKEN_TYPE_ROWS = 2  # BERT's type_vocab_size; the model feeds type 0 only
-_UNUSED = (
-    re.compile(r"attention_linear\..*"),  # the reference's dead gate
-    re.compile(r"bert\.embeddings\.word_embeddings\.weight"),  # inputs_embeds are given
-    re.compile(r"bert\.embeddings\.(position_ids|token_type_ids)"),  # buffers of older transformers
-    re.compile(r"bert\.pooler\..*"),
+# Modules of the reference the model never computes with: dropped on import (named in `ignored`), not
+# written on export. BERT's position table joins them unless positions are absolute (`unused_modules`).
+_UNUSED_MODULES = (
+    "attention_linear",  # the reference's dead gate
+    "bert.embeddings.word_embeddings",  # inputs_embeds are given
+    "bert.pooler",
 )
+_BUFFERS = ("bert.embeddings.position_ids", "bert.embeddings.token_type_ids")  # of older transformers
 
 
 @dataclasses.dataclass
@@ -230,6 +232,14 @@ def layout(kind: str, config: ml_collections.ConfigDict, heads: Iterable[str] | 
     return entries
 
 
+def unused_modules(kind: str, config: ml_collections.ConfigDict) -> list[str]:
+    """The reference's modules in layout `kind` that the model never computes with (see _UNUSED_MODULES)."""
+    names = list(_UNUSED_MODULES)
+    if config.position_embedding != "absolute":
+        names.append("bert.embeddings.position_embeddings")
+    return sorted(_encoder_prefix(kind) + name for name in names)
+
+
 def stack_layers(encoder: Mapping[str, Any], num_layers: int) -> dict[str, Any]:
     """{'embed', 'layer_<i>'...} -> {'embed', 'layers'} with a leading layer axis (scan_layers)."""
     layers = [encoder[f"layer_{i}"] for i in range(num_layers)]
@@ -291,15 +301,10 @@ def convert_state_dict(
         params["encoder"] = stack_layers(params["encoder"], config.num_layers)
 
     p = _encoder_prefix(kind)
+    unused = tuple(unused_modules(kind, config)) + tuple(p + b for b in _BUFFERS)
     ignored, unknown = [], []
     for name in sorted(left):
-        inner = name[len(p) :] if name.startswith(p) else None
-        if inner is not None and (
-            any(rx.fullmatch(inner) for rx in _UNUSED) or inner == "bert.embeddings.position_embeddings.weight"
-        ):
-            ignored.append(name)
-        else:
-            unknown.append(name)
+        (ignored if any(name == u or name.startswith(u + ".") for u in unused) else unknown).append(name)
     if unknown:
         raise ValueError(f"unexpected entries in a '{kind}' checkpoint: {unknown}")
     token_types = state.get(f"{p}bert.embeddings.token_type_embeddings.weight")
