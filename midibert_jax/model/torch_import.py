@@ -4,6 +4,7 @@ Supported module layouts (`kind`), each optionally under a DataParallel `module.
 
   encoder    MidiBert: bert.* (a transformers 4.x BertModel), word_emb.{i}.lut.weight, in_linear.*
   pretrain   midibert.* + mask_lm.proj.{i}.{weight,bias}               -> encoder, recoverer
+             [+ linear.1.*, linear.3.*                                 -> masker, when present]
   masker     midibert.* + linear.1.*, linear.3.*                       -> encoder, masker
   token      midibert.* + classifier.1.*, classifier.3.*               -> encoder, token_head
   sequence   midibert.* + attention.ws{1,2}.weight, classifier.{0,2}.* -> encoder, sequence_head
@@ -13,13 +14,19 @@ Velocity, TimeSig, Tempo). PyTorch Linear weights are [out, in]; ours are [in, o
 [embed, heads, head_dim], the attention output into [heads, head_dim, embed]). Entries the model never
 uses (attention_linear.*, BERT's word and position tables, the pooler, buffers) are dropped and listed
 in `Conversion.ignored`; any other unexpected entry is an error, and so is a missing one.
+
+`layout(kind, config, heads)` is the one table of names: each tensor of the reference's state dict,
+its place in our tree and its reshaping, both ways (`Transform`). Importing reads it forwards;
+model/torch_export.py reads the same table backwards. The pretrain layout may carry the masker beside
+the MLM because a pre-training run of ours holds both on one encoder, and its export writes both.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import jax
@@ -30,23 +37,31 @@ from midibert_jax.model.embedding import FIELD_KEYS
 from midibert_jax.tokenizer import vocab
 from midibert_jax.torch_layouts import KINDS
 
-# Head layouts: torch name -> (our top-level module, our submodule).
-_HEAD_LINEARS = {
-    "masker": {"linear.1": ("masker", "hidden"), "linear.3": ("masker", "score")},
-    "token": {"classifier.1": ("token_head", "hidden"), "classifier.3": ("token_head", "logits")},
-    "sequence": {
-        "attention.ws1": ("sequence_head", "pool_hidden"),
-        "attention.ws2": ("sequence_head", "pool_scores"),
-        "classifier.0": ("sequence_head", "hidden"),
-        "classifier.2": ("sequence_head", "logits"),
-    },
+# The heads, per group of our params: (torch Linear, our submodule, has a bias).
+HEADS = {
+    "recoverer": tuple((f"mask_lm.proj.{i}", key, True) for i, key in enumerate(FIELD_KEYS)),
+    "masker": (("linear.1", "hidden", True), ("linear.3", "score", True)),
+    "token_head": (("classifier.1", "hidden", True), ("classifier.3", "logits", True)),
+    "sequence_head": (
+        ("attention.ws1", "pool_hidden", False),
+        ("attention.ws2", "pool_scores", False),
+        ("classifier.0", "hidden", True),
+        ("classifier.2", "logits", True),
+    ),
 }
-_UNUSED = (
-    re.compile(r"attention_linear\..*"),  # the reference's dead gate
-    re.compile(r"bert\.embeddings\.word_embeddings\.weight"),  # inputs_embeds are given
-    re.compile(r"bert\.embeddings\.(position_ids|token_type_ids)"),  # buffers of older transformers
-    re.compile(r"bert\.pooler\..*"),
+# The heads each layout holds, and those it may hold besides.
+KIND_HEADS = {"encoder": (), "pretrain": ("recoverer",), "masker": ("masker",), "token": ("token_head",),
+              "sequence": ("sequence_head",)}
+OPTIONAL_HEADS = {"pretrain": ("masker",)}
+TOKEN_TYPE_ROWS = 2  # BERT's type_vocab_size; the model feeds type 0 only
+# Modules of the reference the model never computes with: dropped on import (named in `ignored`), not
+# written on export. BERT's position table joins them unless positions are absolute (`unused_modules`).
+_UNUSED_MODULES = (
+    "attention_linear",  # the reference's dead gate
+    "bert.embeddings.word_embeddings",  # inputs_embeds are given
+    "bert.pooler",
 )
+_BUFFERS = ("bert.embeddings.position_ids", "bert.embeddings.token_type_ids")  # of older transformers
 
 
 @dataclasses.dataclass
@@ -60,8 +75,13 @@ class Conversion:
     ignored: list[str]
 
 
-def load_state_dict(path: str) -> dict[str, np.ndarray]:
-    """A .pth file -> {name: float32 numpy}; accepts a bare state dict or {'state_dict': ...} / {'model': ...}."""
+def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """A .pth / .bin / .safetensors file -> {name: float32 numpy}; a torch file may hold a bare state
+    dict or {'state_dict': ...} / {'model': ...}."""
+    if os.fspath(path).endswith(".safetensors"):
+        from safetensors.numpy import load_file  # optional dependency: the `export` extra
+
+        return {k: _to_numpy(v) for k, v in load_file(os.fspath(path)).items()}
     import torch  # optional dependency: only the importer needs it
 
     obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -121,68 +141,145 @@ def infer_config(
 _SIZE_FIELDS = ("num_layers", "hidden_size", "num_heads", "mlp_dim")
 
 
-class _Reader:
-    """Pops entries from a state dict, so leftovers can be reported."""
-
-    def __init__(self, state: Mapping[str, np.ndarray]):
-        self.state = dict(state)
-
-    def pop(self, name: str) -> np.ndarray:
-        if name not in self.state:
-            raise KeyError(f"checkpoint lacks {name!r}")
-        return np.asarray(self.state.pop(name), np.float32)
-
-    def linear(self, name: str, bias: bool = True) -> dict[str, np.ndarray]:
-        out = {"kernel": self.pop(f"{name}.weight").T}
-        if bias:
-            out["bias"] = self.pop(f"{name}.bias")
-        return out
-
-    def layer_norm(self, name: str) -> dict[str, np.ndarray]:
-        return {"scale": self.pop(f"{name}.weight"), "bias": self.pop(f"{name}.bias")}
+# ----------------------------------------------------------------------------- the table of names
 
 
-def _convert_layer(r: _Reader, p: str, heads: int, relative: bool) -> dict[str, Any]:
-    def qkv(name):
-        w = r.linear(f"{p}attention.self.{name}")
-        embed = w["kernel"].shape[0]
-        head_dim = w["kernel"].shape[1] // heads
-        return {"kernel": w["kernel"].reshape(embed, heads, head_dim), "bias": w["bias"].reshape(heads, head_dim)}
+@dataclasses.dataclass(frozen=True)
+class Transform:
+    """How one tensor is reshaped between the reference's layout and ours; the two are exact inverses."""
 
-    attention = {name: qkv(name) for name in ("query", "key", "value")}
-    out = r.linear(f"{p}attention.output.dense")
-    embed = out["kernel"].shape[1]
-    attention["out"] = {"kernel": out["kernel"].reshape(heads, -1, embed), "bias": out["bias"]}
+    to_ours: Callable[[np.ndarray], np.ndarray]
+    to_torch: Callable[[np.ndarray], np.ndarray]
+
+
+SAME = Transform(lambda x: x, lambda x: x)
+TRANSPOSED = Transform(lambda w: w.T, lambda k: k.T)  # Linear weight [out, in] <-> kernel [in, out]
+# token_type_embeddings [2, E] <-> our one row (type 0); the other row is written as zeros.
+FIRST_ROW = Transform(
+    lambda t: t[0], lambda r: np.concatenate([r[None], np.zeros((TOKEN_TYPE_ROWS - 1, r.shape[-1]), r.dtype)])
+)
+
+
+def _split_heads(heads: int) -> Transform:
+    """q/k/v weight [heads * head_dim, embed] <-> kernel [embed, heads, head_dim]."""
+    return Transform(lambda w: w.T.reshape(w.shape[1], heads, -1), lambda k: k.reshape(k.shape[0], -1).T)
+
+
+def _split_bias(heads: int) -> Transform:
+    return Transform(lambda b: b.reshape(heads, -1), lambda b: b.reshape(-1))
+
+
+def _merge_heads(heads: int) -> Transform:
+    """Attention output weight [embed, heads * head_dim] <-> kernel [heads, head_dim, embed]."""
+    return Transform(lambda w: w.T.reshape(heads, -1, w.shape[0]), lambda k: k.reshape(-1, k.shape[-1]).T)
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One tensor: its name in the reference's state dict, its key path in our (unstacked) params."""
+
+    torch: str
+    ours: tuple[str, ...]
+    transform: Transform = SAME
+
+
+def _linear(name: str, ours: tuple[str, ...], bias: bool = True) -> list[Entry]:
+    out = [Entry(f"{name}.weight", ours + ("kernel",), TRANSPOSED)]
+    return out + [Entry(f"{name}.bias", ours + ("bias",))] if bias else out
+
+
+def _layer_norm(name: str, ours: tuple[str, ...]) -> list[Entry]:
+    return [Entry(f"{name}.weight", ours + ("scale",)), Entry(f"{name}.bias", ours + ("bias",))]
+
+
+def _layer(p: str, ours: tuple[str, ...], heads: int, relative: bool) -> list[Entry]:
+    attn = ours + ("attention",)
+    entries = []
+    for name in ("query", "key", "value"):
+        entries += [Entry(f"{p}attention.self.{name}.weight", attn + (name, "kernel"), _split_heads(heads)),
+                    Entry(f"{p}attention.self.{name}.bias", attn + (name, "bias"), _split_bias(heads))]
+    entries += [Entry(f"{p}attention.output.dense.weight", attn + ("out", "kernel"), _merge_heads(heads)),
+                Entry(f"{p}attention.output.dense.bias", attn + ("out", "bias"))]
     if relative:
-        attention["distance"] = r.pop(f"{p}attention.self.distance_embedding.weight")
-    return {
-        "attention": attention,
-        "attention_norm": r.layer_norm(f"{p}attention.output.LayerNorm"),
-        "mlp_in": r.linear(f"{p}intermediate.dense"),
-        "mlp_out": r.linear(f"{p}output.dense"),
-        "mlp_norm": r.layer_norm(f"{p}output.LayerNorm"),
-    }
+        entries.append(Entry(f"{p}attention.self.distance_embedding.weight", attn + ("distance",)))
+    return (entries + _layer_norm(f"{p}attention.output.LayerNorm", ours + ("attention_norm",))
+            + _linear(f"{p}intermediate.dense", ours + ("mlp_in",)) + _linear(f"{p}output.dense", ours + ("mlp_out",))
+            + _layer_norm(f"{p}output.LayerNorm", ours + ("mlp_norm",)))
 
 
-def _convert_encoder(r: _Reader, p: str, config: ml_collections.ConfigDict) -> dict[str, Any]:
-    embed: dict[str, Any] = {}
-    for i, (key, size) in enumerate(zip(FIELD_KEYS, vocab.VOCAB_SIZES)):
-        table = r.pop(f"{p}word_emb.{i}.lut.weight")
-        if table.shape[0] != size:
-            raise ValueError(f"word_emb.{i} ({vocab.FIELDS[i]}) has {table.shape[0]} rows, the vocabulary {size}")
-        embed[key] = table
-    embed["in_proj"] = r.linear(f"{p}in_linear")
-    embed["token_type"] = r.pop(f"{p}bert.embeddings.token_type_embeddings.weight")[0]  # inputs use type 0
-    embed["norm"] = r.layer_norm(f"{p}bert.embeddings.LayerNorm")
+def layout(kind: str, config: ml_collections.ConfigDict, heads: Iterable[str] | None = None) -> list[Entry]:
+    """Every tensor of layout `kind` holding `heads` (default: the kind's own), in state-dict order.
+
+    Our paths address the unstacked encoder ('layer_<i>'); `stack_layers` / `unstack_layers` move
+    between that and the scanned layout.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    p = _encoder_prefix(kind)
+    embed = ("encoder", "embed")
+    entries = [Entry(f"{p}word_emb.{i}.lut.weight", embed + (key,)) for i, key in enumerate(FIELD_KEYS)]
+    entries += _linear(f"{p}in_linear", embed + ("in_proj",))
+    entries.append(Entry(f"{p}bert.embeddings.token_type_embeddings.weight", embed + ("token_type",), FIRST_ROW))
+    entries += _layer_norm(f"{p}bert.embeddings.LayerNorm", embed + ("norm",))
     if config.position_embedding == "absolute":
-        embed["absolute_position"] = r.pop(f"{p}bert.embeddings.position_embeddings.weight")
+        entries.append(Entry(f"{p}bert.embeddings.position_embeddings.weight", embed + ("absolute_position",)))
     relative = config.position_embedding == "relative_key_query"
-    layers = [
-        _convert_layer(r, f"{p}bert.encoder.layer.{i}.", config.num_heads, relative) for i in range(config.num_layers)
-    ]
-    if config.scan_layers:
-        return {"embed": embed, "layers": jax.tree_util.tree_map(lambda *xs: np.stack(xs), *layers)}
-    return {"embed": embed, **{f"layer_{i}": layer for i, layer in enumerate(layers)}}
+    for i in range(config.num_layers):
+        entries += _layer(f"{p}bert.encoder.layer.{i}.", ("encoder", f"layer_{i}"), config.num_heads, relative)
+    for group in KIND_HEADS[kind] if heads is None else heads:
+        for torch_name, sub, bias in HEADS[group]:
+            entries += _linear(torch_name, (group, sub), bias)
+    return entries
+
+
+def unused_modules(kind: str, config: ml_collections.ConfigDict) -> list[str]:
+    """The reference's modules in layout `kind` that the model never computes with (see _UNUSED_MODULES)."""
+    names = list(_UNUSED_MODULES)
+    if config.position_embedding != "absolute":
+        names.append("bert.embeddings.position_embeddings")
+    return sorted(_encoder_prefix(kind) + name for name in names)
+
+
+def stack_layers(encoder: Mapping[str, Any], num_layers: int) -> dict[str, Any]:
+    """{'embed', 'layer_<i>'...} -> {'embed', 'layers'} with a leading layer axis (scan_layers)."""
+    layers = [encoder[f"layer_{i}"] for i in range(num_layers)]
+    return {"embed": encoder["embed"], "layers": jax.tree_util.tree_map(lambda *xs: np.stack(xs), *layers)}
+
+
+def unstack_layers(encoder: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of stack_layers; an unstacked encoder is returned as it is."""
+    if "layers" not in encoder:
+        return dict(encoder)
+    n = len(jax.tree_util.tree_leaves(encoder["layers"])[0])
+    layers = {f"layer_{i}": jax.tree_util.tree_map(lambda x, i=i: x[i], encoder["layers"]) for i in range(n)}
+    return {"embed": encoder["embed"], **layers}
+
+
+def get_path(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _set_path(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+# ----------------------------------------------------------------------------- import
+
+
+def _pop(state: dict[str, np.ndarray], name: str) -> np.ndarray:
+    if name not in state:
+        raise KeyError(f"checkpoint lacks {name!r}")
+    return np.asarray(state.pop(name), np.float32)
+
+
+def heads_in_state(state: Mapping[str, Any], kind: str) -> tuple[str, ...]:
+    """The kind's heads, and those of its optional heads whose entries the state holds."""
+    optional = tuple(h for h in OPTIONAL_HEADS.get(kind, ()) if f"{HEADS[h][0][0]}.weight" in state)
+    return KIND_HEADS[kind] + optional
 
 
 def convert_state_dict(
@@ -192,23 +289,22 @@ def convert_state_dict(
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     state = strip_module_prefix(state)
-    r = _Reader(state)
-    p = _encoder_prefix(kind)
-    params: dict[str, Any] = {"encoder": _convert_encoder(r, p, config)}
-    if kind == "pretrain":
-        params["recoverer"] = {key: r.linear(f"mask_lm.proj.{i}") for i, key in enumerate(FIELD_KEYS)}
-    for torch_name, (module, sub) in _HEAD_LINEARS.get(kind, {}).items():
-        params.setdefault(module, {})[sub] = r.linear(torch_name, bias=not torch_name.startswith("attention.ws"))
+    left = dict(state)
+    params: dict[str, Any] = {}
+    for entry in layout(kind, config, heads_in_state(state, kind)):
+        _set_path(params, entry.ours, entry.transform.to_ours(_pop(left, entry.torch)))
+    for i, (key, size) in enumerate(zip(FIELD_KEYS, vocab.VOCAB_SIZES)):
+        rows = params["encoder"]["embed"][key].shape[0]
+        if rows != size:
+            raise ValueError(f"word_emb.{i} ({vocab.FIELDS[i]}) has {rows} rows, the vocabulary {size}")
+    if config.scan_layers:
+        params["encoder"] = stack_layers(params["encoder"], config.num_layers)
 
+    p = _encoder_prefix(kind)
+    unused = tuple(unused_modules(kind, config)) + tuple(p + b for b in _BUFFERS)
     ignored, unknown = [], []
-    for name in sorted(r.state):
-        inner = name[len(p) :] if name.startswith(p) else None
-        if inner is not None and (
-            any(rx.fullmatch(inner) for rx in _UNUSED) or inner == "bert.embeddings.position_embeddings.weight"
-        ):
-            ignored.append(name)
-        else:
-            unknown.append(name)
+    for name in sorted(left):
+        (ignored if any(name == u or name.startswith(u + ".") for u in unused) else unknown).append(name)
     if unknown:
         raise ValueError(f"unexpected entries in a '{kind}' checkpoint: {unknown}")
     token_types = state.get(f"{p}bert.embeddings.token_type_embeddings.weight")
