@@ -462,6 +462,17 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str | os.PathLike
     return report
 
 
+def _curve(workdir: str) -> dict[str, list[float]]:
+    """The run's validation accuracy against its wall-clock seconds (`analysis.time_to_accuracy`)."""
+    from midibert_jax import analysis  # pylint: disable=import-outside-toplevel
+
+    try:
+        seconds, accuracy = analysis.time_to_accuracy(workdir)
+    except FileNotFoundError:
+        return {"seconds": [], "validation_accuracy": []}
+    return {"seconds": seconds.tolist(), "validation_accuracy": accuracy.tolist()}
+
+
 def _last_value(workdir: str, key: str) -> float | None:
     from midibert_jax import analysis  # pylint: disable=import-outside-toplevel
 
@@ -485,7 +496,8 @@ def collect(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, th
             continue
         runs.append({**run.key(), "workdir": run.workdir, "pretrain_workdir": run.pretrain_workdir,
                      "test": record["test"], "validation_best_accuracy": record.get("validation_best_accuracy"),
-                     "best_step": record.get("best_step"), "seconds": record.get("seconds")})
+                     "best_step": record.get("best_step"), "seconds": record.get("seconds"),
+                     "curve": _curve(run.workdir)})
     pretrain_runs = []
     for run in the_plan.pretrain:
         record = read_record(run.workdir) or {}

@@ -175,10 +175,11 @@ def build_report(config: dict[str, Any], runs: Sequence[dict[str, Any]], *, miss
 
 
 def write_report(report: dict[str, Any], workdir: str | os.PathLike) -> None:
-    """experiment.json and experiment.png in `workdir` (local or gs://)."""
+    """experiment.json, experiment.png and experiment_time.png (time to accuracy) in `workdir` (local or gs://)."""
     root = paths.resolve(workdir)
     paths.write_json(root / paths.EXPERIMENT_FILE, report)
     write_plot(report, root / paths.EXPERIMENT_PLOT)
+    write_time_plot(report, root / paths.EXPERIMENT_TIME_PLOT)
 
 
 def load_report(workdir: str | os.PathLike) -> dict[str, Any]:
@@ -304,14 +305,54 @@ def draw(fig, report: dict[str, Any], metric: str = "accuracy") -> None:
                  f"partial: {report['finished_runs']} of {report['planned_runs']} runs finished", fontsize=9)
 
 
-def write_plot(report: dict[str, Any], path: str | os.PathLike, metric: str = "accuracy") -> None:
-    """`draw` into a PNG (local or cloud path), without pyplot (no global backend)."""
+def draw_time_to_accuracy(fig, report: dict[str, Any]) -> None:
+    """Onto a matplotlib Figure: one panel per task x protocol x fraction, each run's validation accuracy against
+    its wall-clock minutes (its `curve`), coloured by arm; the machine's CPU and ISA flags in the title."""
+    runs = [r for r in report["runs"] if r.get("curve", {}).get("seconds")]
+    panels = sorted({(r["task"], r["protocol"], r["fraction"]) for r in runs}, key=lambda k: _order(k + ("",), ()))
+    if not panels:
+        ax = fig.subplots()
+        ax.text(0.5, 0.5, "no finished runs with a time-to-accuracy curve", ha="center", va="center")
+        ax.set_axis_off()
+        return
+    axes = np.ravel(fig.subplots(1, len(panels), squeeze=False))
+    for ax, (task, protocol, fraction) in zip(axes, panels):
+        labelled = set()
+        for r in runs:
+            if (r["task"], r["protocol"], r["fraction"]) == (task, protocol, fraction):
+                ax.plot(np.asarray(r["curve"]["seconds"]) / 60, r["curve"]["validation_accuracy"], marker="o",
+                        markersize=2, color=ARM_COLORS.get(r["arm"], "black"), alpha=0.8,
+                        label=None if r["arm"] in labelled else r["arm"])
+                labelled.add(r["arm"])
+        ax.set_title(f"{task} · {protocol} · {fraction:g}", fontsize=9)
+        ax.set_xlabel("wall-clock minutes of the run")
+        ax.set_ylabel("validation accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    machine = report.get("machine", {})
+    fig.suptitle(f"{machine.get('cpu', '?')}, {machine.get('cpus', '?')} CPUs; ISA {' '.join(machine.get('isa', []))}",
+                 fontsize=8)
+
+
+def _png(draw_fn, report: dict[str, Any], size: tuple[float, float], path: str | os.PathLike, *args) -> None:
+    """`draw_fn(fig, report, *args)` into a PNG (local or cloud path), without pyplot (no global backend)."""
     from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
 
-    fig = Figure(figsize=figure_size(report))
-    draw(fig, report, metric)
+    fig = Figure(figsize=size)
+    draw_fn(fig, report, *args)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     epath.Path(path).write_bytes(buffer.getvalue())
+
+
+def write_plot(report: dict[str, Any], path: str | os.PathLike, metric: str = "accuracy") -> None:
+    """`draw` into a PNG."""
+    _png(draw, report, figure_size(report), path, metric)
+
+
+def write_time_plot(report: dict[str, Any], path: str | os.PathLike) -> None:
+    """`draw_time_to_accuracy` into a PNG, one 4 x 3.2 inch panel per task x protocol x fraction."""
+    panels = len({(r["task"], r["protocol"], r["fraction"]) for r in report["runs"]}) or 1
+    _png(draw_time_to_accuracy, report, (4.0 * panels, 3.4), path)
 

@@ -117,6 +117,7 @@ def test_report_schema_table_and_plot(tmp_path):
     experiment_report.write_report(report, tmp_path)
     assert json.loads((tmp_path / "experiment.json").read_text()) == report
     assert (tmp_path / "experiment.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "experiment_time.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # no curves: says so
     assert experiment_report.load_report(tmp_path) == report
     with pytest.raises(FileNotFoundError, match="midibert-jax experiment"):
         experiment_report.load_report(tmp_path / "nothing")
@@ -373,7 +374,10 @@ def test_running_again_reuses_the_finished_runs_and_completes_the_report(smoke):
     workdir = smoke["workdir"]
     for r in final["runs"]:
         assert set(r) == {"task", "arm", "seed", "protocol", "fraction", "workdir", "pretrain_workdir", "test",
-                          "validation_best_accuracy", "best_step", "seconds"}
+                          "validation_best_accuracy", "best_step", "seconds", "curve"}
+        curve = r["curve"]  # one evaluation (step 2): its wall-clock seconds and validation accuracy
+        assert len(curve["seconds"]) == len(curve["validation_accuracy"]) == 1 and curve["seconds"][0] > 0
+        assert curve["validation_accuracy"][0] == pytest.approx(r["validation_best_accuracy"])
         assert r["workdir"] == str(workdir / "finetune" / "folder_sequence" / f"{r['arm']}_s{r['seed']}_{r['protocol']}_f{r['fraction']:g}")
         assert r["pretrain_workdir"] == (None if r["arm"] == "none" else str(workdir / "pretrain" / f"{r['arm']}_s{r['seed']}"))
         assert set(r["test"]) == {"accuracy", "macro_f1", "piece_accuracy"}  # a sequence task: piece accuracy too
@@ -392,6 +396,9 @@ def test_running_again_reuses_the_finished_runs_and_completes_the_report(smoke):
         recorded = json.loads(pathlib.Path(p["workdir"], "experiment_run.json").read_text())["config"]
         assert recorded["seed"] == p["seed"] and recorded["masking"]["policy"] == p["arm"]
     assert (workdir / "experiment.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (workdir / "experiment_time.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert final["baselines"]["folder_sequence"]["baselines"]["majority"]["accuracy"] >= 0.0
+    assert "baselines on the same test split: majority" in out and "verdicts (test accuracy" in out
     assert "adversarial - random:" in out and "[experiment] results" in out
     # The random arm pre-trained without a mask book, the adversarial one with it.
     for arm, has_book in (("adversarial", True), ("random", False)):
