@@ -188,6 +188,19 @@ def format_summary(summary: dict[str, Any], max_reasons: int = 10, max_groups: i
     return "\n".join(lines)
 
 
+def summary_line(summary: dict[str, Any]) -> str:
+    """`Manifest.summary()` in one line: what a build prints when it runs inside training (`format_summary`: all of it)."""
+    st = summary["status"]
+    others = ", ".join(f"{st[k]} {k}" for k in STATUSES[1:] if st.get(k))
+    splits = ", ".join(f"{name} {s['windows'] or s.get('stream_rows', 0)}" for name, s in sorted(summary["splits"].items()))
+    unit = "windows" if any(s["windows"] for s in summary["splits"].values()) else "packed rows"
+    took = f" in {summary['build_seconds']:.0f} s" if summary.get("build_seconds") is not None else ""
+    empty = f"; not written (no usable pieces): {', '.join(summary['empty_splits'])}" if summary.get("empty_splits") else ""
+    return (f"{summary.get('dataset', 'dataset')}: {st.get('ok', 0)} of {summary['files']} files tokenized"
+            f"{f' ({others})' if others else ''}; {unit}: {splits}{empty}; built{took} "
+            f"(per file: {MANIFEST_FILENAME}, totals: {SUMMARY_FILENAME})")
+
+
 def skipped_lines(records: Sequence[FileRecord], limit: int = 20) -> list[str]:
     """`path: reason` for the first `limit` skipped files (for command output)."""
     out = [f"{r.path}: {r.reason}" for r in records if r.status == "skipped"]

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
-from tqdm.auto import tqdm
 
+from midibert_jax import console
 from midibert_jax.data import tasks, workers
 from midibert_jax.data.builders import common
 from midibert_jax.data.builders.common import InputFile
@@ -401,8 +401,8 @@ class TaskBuilder(MidiFolder, skip_registration=True):
             num_workers = min(opts.num_workers or workers.default_num_workers(), len(pending))
             with workers.WorkerPool(
                 self._worker_task(), num_workers=num_workers, timeout=opts.timeout, memory_limit_mb=opts.memory_limit_mb
-            ) as pool, tqdm(
-                total=len(pending), desc=f"Tokenizing {self.name}", unit=" files", disable=not opts.progress, dynamic_ncols=True
+            ) as pool, console.progress(
+                len(pending), f"Tokenizing {self.name}", unit="files", enabled=opts.progress
             ) as bar:
                 for inp, outcome in zip(pending, pool.imap(i.path for i in pending)):
                     record, result = common.record_from_outcome(inp, outcome, "piece")
