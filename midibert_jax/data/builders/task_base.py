@@ -464,9 +464,11 @@ class TaskBuilder(MidiFolder, skip_registration=True):
         (self.data_path / tasks.TASK_INFO_FILENAME).write_text(json.dumps(info, indent=1) + "\n")
         if self.options.print_summary:
             key = "notes" if self.task.level == tasks.NOTE else "pieces"
-            for split, c in self._counts.items():
-                if any(c[key].values()):
-                    print(f"  {split} {key} per class: " + ", ".join(f"{k} {v}" for k, v in c[key].items()))
+            splits = [split for split, c in self._counts.items() if any(c[key].values())]
+            if splits:
+                print(f"  {key} per class ({'/'.join(splits)}): " + ", ".join(
+                    f"{name} " + "/".join(str(self._counts[split][key][name]) for split in splits)
+                    for name in self._class_names))
 
 
 def _parse_split_lists(lists: Any, source: str) -> dict[str, str]:
