@@ -22,6 +22,8 @@ from typing import Any
 
 from etils import epath
 
+from midibert_jax import console
+
 MANIFEST_FILENAME = "manifest.jsonl"
 SUMMARY_FILENAME = "build_summary.json"
 STATUSES = ("ok", "skipped", "duplicate", "ignored")
@@ -194,7 +196,7 @@ def summary_line(summary: dict[str, Any]) -> str:
     others = ", ".join(f"{st[k]} {k}" for k in STATUSES[1:] if st.get(k))
     splits = ", ".join(f"{name} {s['windows'] or s.get('stream_rows', 0)}" for name, s in sorted(summary["splits"].items()))
     unit = "windows" if any(s["windows"] for s in summary["splits"].values()) else "packed rows"
-    took = f" in {summary['build_seconds']:.0f} s" if summary.get("build_seconds") is not None else ""
+    took = f" in {console.format_seconds(summary['build_seconds'])}" if summary.get("build_seconds") is not None else ""
     empty = f"; not written (no usable pieces): {', '.join(summary['empty_splits'])}" if summary.get("empty_splits") else ""
     return (f"{summary.get('dataset', 'dataset')}: {st.get('ok', 0)} of {summary['files']} files tokenized"
             f"{f' ({others})' if others else ''}; {unit}: {splits}{empty}; built{took} "

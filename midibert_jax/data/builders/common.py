@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
+
 from midibert_jax import console
 from midibert_jax.data import manifest, windows, workers
 from midibert_jax.data.errors import BuildError, SplitNotFoundError
