@@ -2,7 +2,8 @@
 
 Each command module in `midibert_jax.commands` exposes `add_arguments(parser)` (cheap: no
 jax import) and `run(args) -> int`. Errors the user can fix (`midibert_jax.errors.UserError`,
-and a missing file) become one clear line on stderr and exit status 2, not a traceback.
+a missing file, a flag argparse rejects) become one clear line on stderr and exit status 2, not a
+traceback or a usage block.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import importlib
 import sys
 
+from midibert_jax import console
 from midibert_jax.config_loading import split_overrides
 from midibert_jax.errors import UserError
 
@@ -33,8 +35,15 @@ COMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad flag reported in one line (the flag and what it takes), not under a usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the flags)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="midibert-jax", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="midibert-jax", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         try:
@@ -51,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    console.line_buffered()
     try:
         argv, overrides = split_overrides(argv)
     except UserError as e:

@@ -14,13 +14,22 @@ import ml_collections
 from midibert_jax.config_loading import ConfigError
 
 
-def _positive_ints(config, keys: list[str], problems: list[str]) -> None:
+class InvalidConfigError(ConfigError):
+    """Every problem found in one config: `problems`, one per line of the message."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("invalid config:\n  " + "\n  ".join(self.problems))
+
+
+def _positive_ints(config, keys: list[str], problems: list[str], *, minimum: int = 1) -> None:
     for key in keys:
         node = config
         for part in key.split("."):
             node = node[part]
-        if not isinstance(node, int) or isinstance(node, bool) or node <= 0:
-            problems.append(f"{key} must be a positive integer, got {node!r}")
+        if not isinstance(node, int) or isinstance(node, bool) or node < minimum:
+            kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+            problems.append(f"{key} must be {kind}, got {node!r}")
 
 
 def _mesh(config, num_devices: int, problems: list[str]) -> dict[str, int] | None:
@@ -82,7 +91,7 @@ def _model_mesh_batches_then_raise(config: ml_collections.ConfigDict, num_device
     mesh = _mesh(config, num_devices, problems)
     _batches(config, mesh, num_processes, problems)
     if problems:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+        raise InvalidConfigError(problems)
 
 
 def validate_pretrain(config: ml_collections.ConfigDict, *, num_devices: int, num_processes: int = 1) -> None:
@@ -112,6 +121,9 @@ def validate_finetune(config: ml_collections.ConfigDict, *, num_devices: int, nu
     problems: list[str] = []
     _positive_ints(config, ["data.batch_size", "data.eval_batch_size", "data.max_len", "train.log_every",
                             "train.keep_checkpoints", "model.num_layers", "model.num_heads"], problems)
+    _positive_ints(config, ["train.steps", "train.epochs", "train.eval_every"], problems, minimum=0)
+    if config.train.steps == 0 and config.train.epochs == 0:
+        problems.append("train.steps and train.epochs are both 0: set one of them (steps, when set, win)")
     _blocks(config, {"augment": augment.AugmentConfig.from_config}, problems)
     fraction = config.train.get("piece_fraction", 1.0)
     if not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:

@@ -27,12 +27,29 @@ from typing import Any, Sequence
 import ml_collections
 from etils import epath
 
-from midibert_jax import analysis, paths
+from midibert_jax import flags, paths
+from midibert_jax.errors import UserError
+from midibert_jax.experiment_report import PROTOCOLS
 
 TASKS = ("demo_note", "demo_sequence")
 CURVE_METRIC = "eval/accuracy"  # validation masked-note accuracy (random 15% masking, fixed seed)
 VERDICT_METRIC = "accuracy"
 ALPHA = 0.05  # a verdict other than 'unclear' needs the paired t-test's p below this
+# The integer flags: (smallest, largest, multiple of). Steps: the step counter is int32. Seeds: each
+# adds a fine-tuning run per arm, task and protocol; more than 10 belong to `midibert-jax experiment`.
+# Notes per window: the mask book packs 8 notes a byte; 1024 is the published models' window.
+LIMITS = {"pretrain_steps": (1, 2**31 - 1, 1), "seeds": (1, 10, 1), "max_len": (8, 1024, 8)}
+# For a real answer: every arm, 3 seeds, both protocols, 2 label fractions (README, "The experiment").
+NEXT_COMMAND = "midibert-jax experiment --config configs/experiment.py --workdir runs/experiment"
+
+
+class DemoOptionError(UserError):
+    """A demo flag with a value it cannot take; the message names the flag and what it takes."""
+
+
+def flag(field: str) -> str:
+    """The command-line flag of a `DemoOptions` field: 'pretrain_steps' -> '--pretrain-steps'."""
+    return "--" + field.replace("_", "-")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +69,23 @@ class DemoOptions:
     config_overrides: Sequence[tuple[str, str]] = ()  # (key, value) for the experiment config
 
 
+def check_options(options: DemoOptions) -> None:
+    """Raises DemoOptionError (one line naming the flag and what it takes) before anything is built."""
+    for field, limits in LIMITS.items():
+        problem = flags.int_problem(getattr(options, field), *limits)
+        if problem:
+            raise DemoOptionError(f"{flag(field)}: {problem}")
+    protocols = tuple(options.protocols)
+    if not protocols or set(protocols) - set(PROTOCOLS) or len(set(protocols)) != len(protocols):
+        raise DemoOptionError(f"--protocols {','.join(protocols)!r}: must be {' or '.join(PROTOCOLS)} or both, "
+                              "comma-separated")
+    paths.check_workdir(options.workdir)
+
+
 def curves(workdirs: dict[str, str], key: str = CURVE_METRIC) -> list[tuple[int, dict[str, float]]]:
     """[(step, {run: value})] of metric `key` (either name, `run.canonical_metric`) over the steps any run evaluated at."""
+    from midibert_jax import analysis  # pylint: disable=import-outside-toplevel
+
     series = {name: dict(zip(*analysis.read_metrics(w).get(key, ([], [])))) for name, w in workdirs.items()}
     steps = sorted({int(s) for values in series.values() for s in values})
     return [(step, {name: float(values[step]) for name, values in series.items() if step in values}) for step in steps]
@@ -83,10 +115,14 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
     """Runs the experiment (see the module doc), prints the verdict; returns the summary written."""
     from midibert_jax import experiment  # pylint: disable=import-outside-toplevel
 
+    check_options(options)
     root = epath.Path(options.workdir)
-    print("[demo] a small experiment: adversarial pre-training of the mini model on the demo corpus, then the two "
-          "demo tasks fine-tuned from it and from a random encoder, several seeds each")
-    report = experiment.run_experiment(demo_config(options), options.workdir)
+    versus = " and from a random encoder" if options.scratch else ""
+    masking = "adversarial and random masking" if options.random_baseline else "adversarial masking"
+    print(f"[demo] a small experiment: the mini model pre-trained {options.pretrain_steps} steps with {masking} "
+          f"on the demo corpus, then the two demo tasks fine-tuned ({', '.join(options.protocols)}) from "
+          f"it{versus}, {options.seeds} seed{'s' if options.seeds > 1 else ''} each")
+    report = experiment.run_experiment(demo_config(options), options.workdir, table=False)
     pre_dirs = {r["arm"]: r["workdir"] for r in report["pretrain"]}
     pre_curves = curves(pre_dirs)
     summary = {"experiment": os.fspath(root / paths.EXPERIMENT_FILE), "plot": os.fspath(root / paths.EXPERIMENT_PLOT),
@@ -96,6 +132,7 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
     summary_path = root / paths.DEMO_SUMMARY
     paths.write_json(summary_path, summary)
     _print_results(summary, report, pre_curves, os.fspath(summary_path))
+    _print_verdict(summary, options)
     return summary
 
 
@@ -126,23 +163,58 @@ def verdicts(report: dict[str, Any], metric: str = VERDICT_METRIC) -> list[dict[
 
 
 def _print_results(summary: dict[str, Any], report: dict[str, Any], pre_curves, summary_path: str) -> None:
-    print("\n[demo] results")
+    print("[demo] results")
     for arm, info in summary["pretrain"].items():
-        curve = list(info["eval_acc_curve"].values())
+        curve = list(info["eval_acc_curve"].items())
         if curve:
-            print(f"  pre-training ({arm}): validation masked-note accuracy {curve[0]:.3f} at the first evaluation -> "
-                  f"{curve[-1]:.3f} at the last; {info['workdir']}")
+            (first_step, first), (last_step, last) = curve[0], curve[-1]
+            trend = (f"{first:.3f} at step {first_step} -> {last:.3f} at step {last_step}" if len(curve) > 1 else
+                     f"{last:.3f} at step {last_step} (its only evaluation)")
+            print(f"  pre-training ({arm}): validation masked-note accuracy {trend}; {info['workdir']}")
     if len(summary["pretrain"]) > 1:
         names = list(summary["pretrain"])
         print("    validation masked-note accuracy (random 15% masking, fixed seed), per evaluation:")
         print("      step  " + "  ".join(f"{name:>11s}" for name in names))
         for step, values in pre_curves:
             print(f"    {step:6d}  " + "  ".join(f"{values[n]:11.3f}" if n in values else " " * 11 for n in names))
+    if not report["complete"]:
+        print(f"  PARTIAL: {report['finished_runs']} of {report['planned_runs']} runs finished; run the same command "
+              "again to continue")
+    print(f"  every run's test metrics: {summary['experiment']} (plot: {summary['plot']}); verdict: {summary_path}")
+    candidates = [r for r in report["runs"] if r["task"] == TASKS[0] and r["arm"] != "none"]
+    best = next((r["workdir"] for r in sorted(candidates, key=lambda r: r["protocol"] != "finetune")), None)
+    if best:
+        print(f"  try it: midibert-jax predict --workdir {best} your_song.mid -o tracks.mid")
+
+
+def caveats(summary: dict[str, Any], options: DemoOptions) -> list[str]:
+    """Why this run's verdict cannot be the last word: what is small about it, each with the flag that changes it."""
+    out = []
+    seeds = min((v["n"] for v in summary["verdict"]), default=options.seeds)
+    if seeds < 2:
+        out.append("one seed: no paired test (--seeds 3 or more)")
+    elif any(v["verdict"] == "unclear" for v in summary["verdict"]):
+        out.append(f"{seeds} seeds: the paired test calls only margins well above the seed spread")
+    default_steps = DemoOptions.pretrain_steps
+    if options.pretrain_steps < default_steps:
+        out.append(f"{options.pretrain_steps} pre-training steps (the demo's default: {default_steps})")
+    for arm, info in summary["pretrain"].items():
+        curve = list(info["eval_acc_curve"].values())
+        if len(curve) > 1 and curve[-1] > curve[-2]:
+            out.append(f"the {arm} encoder's validation accuracy was still rising at its last evaluation "
+                       "(--pretrain-steps)")
+    if "finetune" not in options.protocols:
+        out.append("the probe only (--protocols probe,finetune adds full fine-tuning)")
+    out.append(f"the mini model on {options.max_len}-note windows, trained for minutes: far below the paper's scale")
+    return out
+
+
+def _print_verdict(summary: dict[str, Any], options: DemoOptions) -> None:
+    """Whether pre-training paid, why this run cannot settle it, and the command that can (the last line)."""
     rows = summary["verdict"]
     if rows:
-        print(f"  does pre-training pay? test {VERDICT_METRIC}, mean ± sd over fine-tuning seeds; margin = paired "
-              "mean difference; 'helps' only when the margin exceeds the larger seed sd "
-              f"and p < {ALPHA:g} (paired t-test):")
+        print(f"[demo] does pre-training pay? test {VERDICT_METRIC}, mean over fine-tuning seeds; margin = paired mean "
+              f"difference; 'helps' only when the margin exceeds the larger seed sd and p < {ALPHA:g} (paired t-test):")
         for v in rows:
             sd = f" ± {v['sd_margin']:.3f}" if v["sd_margin"] is not None else ""
             p = f", p={v['p']:.2g}" if v["p"] is not None else ""
@@ -150,21 +222,14 @@ def _print_results(summary: dict[str, Any], report: dict[str, Any], pre_curves, 
                   f"{v['pretrained']:.3f} vs none {v['none']:.3f}: margin {v['margin']:+.3f}{sd} "
                   f"(seed spread {v['seed_spread']:.3f}, n={v['n']}{p}) -> {v['verdict']}")
         helped = [v for v in rows if v["verdict"] == "helps"]
-        if len(helped) == len(rows):
-            print("  pre-training paid off in every task and protocol of this demo.")
-        else:
-            others = ", ".join(f"{v['task']} {v['protocol']} {v['fraction']:g} ({v['verdict']})" for v in rows
-                               if v["verdict"] != "helps")
-            print(f"  pre-training paid off in {len(helped)} of {len(rows)} comparisons; it did NOT clearly pay in: "
-                  f"{others}. At this scale (minutes of pre-training on a laptop) that is an honest result, "
-                  "not a hidden one; longer pre-training: --pretrain-steps; full fine-tuning too: "
-                  "--protocols probe,finetune; or `midibert-jax experiment`.")
-    if not report["complete"]:
-        print(f"  PARTIAL: {report['finished_runs']} of {report['planned_runs']} runs finished; run the same command "
-              "again to continue")
-    print(f"  table and plot: {summary['experiment']}, {summary['plot']}")
-    print(f"  summary: {summary_path}")
-    candidates = [r for r in report["runs"] if r["task"] == TASKS[0] and r["arm"] != "none"]
-    best = next((r["workdir"] for r in sorted(candidates, key=lambda r: r["protocol"] != "finetune")), None)
-    if best:
-        print(f"  try: midibert-jax predict --workdir {best} your_song.mid -o tracks.mid")
+        others = "; ".join(f"{v['task']} {v['protocol']}: {v['verdict']}" for v in rows if v["verdict"] != "helps")
+        print(f"  verdict: pre-training paid off in {len(helped)} of {len(rows)} comparisons"
+              + (f" (not clearly in {others})" if others else ""))
+    elif not options.scratch:
+        print("[demo] no verdict: --no-scratch leaves no random-encoder arm to compare with")
+    else:
+        print("[demo] no verdict yet: no fine-tuning runs of both arms finished (run the same command again)")
+    print("  why this run is not the last word: " + "; ".join(caveats(summary, options)))
+    print("  for a real answer (every arm, 3 seeds, both protocols, two label fractions: about an hour on 2 CPU "
+          "cores; the results so far: docs/experiment.md), run:")
+    print(f"    {NEXT_COMMAND}")

@@ -35,6 +35,8 @@ from typing import Any
 
 from etils import epath
 
+from midibert_jax.errors import UserError
+
 CHECKPOINTS = "checkpoints"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -63,6 +65,21 @@ def resolve(path: str | os.PathLike) -> epath.Path:
     """An absolute path for local folders (orbax needs them; `~` expanded), URLs as they are."""
     text = os.fspath(path)
     return epath.Path(text if is_url(text) else os.path.abspath(os.path.expanduser(text)))
+
+
+class WorkdirError(UserError):
+    """A workdir that cannot hold runs: empty, or an existing file."""
+
+
+def check_workdir(path: str | os.PathLike, flag: str = "--workdir") -> epath.Path:
+    """`resolve(path)` when it can be a run folder (missing: created later); else WorkdirError naming `flag`."""
+    text = os.fspath(path)
+    if not text.strip():
+        raise WorkdirError(f"{flag} is empty: give a folder (created when missing), local or gs://")
+    root = resolve(text)
+    if root.exists() and not root.is_dir():
+        raise WorkdirError(f"{flag} {text}: is a file; give a folder (created when missing)")
+    return root
 
 
 def eval_file(split: str, suffix: str = ".json") -> str:

@@ -193,7 +193,10 @@ def test_the_default_folder_config_reads_manual_dir(tmp_path, capsys):
     builder = corpus.MidiFolder(config="default", data_dir=tmp_path / "tfds", options=common.BuildOptions(num_workers=1))
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=tmp_path / "corpus"))
     assert builder.summary["status"]["ok"] == 3 and builder.summary["source"] == str(tmp_path / "corpus")
-    assert "ok 3, skipped 0, duplicate 1, ignored 1" in capsys.readouterr().out  # the printed summary
+    lines = capsys.readouterr().out.splitlines()  # what is built where, the tokenizing stage, the summary
+    assert lines[0] == f"Building midi_folder/default in {builder.data_path}" and len(lines) == 3, lines
+    assert lines[1].startswith("  Tokenizing midi_folder: 3/3 files in ")
+    assert lines[2].startswith("midi_folder/default: 3 of 5 files tokenized (1 duplicate, 1 ignored); windows: train")
     assert common.load_data_source(builder.data_path, "train")[0]["tokens"].shape == (1024, 8)
 
 

@@ -39,3 +39,32 @@ def test_the_verdict_weighs_the_margin_against_the_seed_spread_and_the_paired_te
     words = {(v["task"], v["protocol"]): (v["verdict"], v["seed_spread"]) for v in demo.verdicts(report)}
     assert words == {("t", "probe"): ("helps", 0.02), ("t", "finetune"): ("unclear", 0.04),
                      ("u", "probe"): ("hurts", 0.01), ("v", "probe"): ("unclear", 0.01)}
+
+
+def _summary(seeds, curve, verdict_word="unclear", p=None):
+    rows = [{"task": "demo_note", "protocol": "probe", "fraction": 0.1, "arm": "adversarial", "metric": "accuracy",
+             "pretrained": 0.70, "none": 0.69, "margin": 0.01, "sd_margin": 0.02 if seeds > 1 else None,
+             "seed_spread": 0.02, "n": seeds, "p": p, "verdict": verdict_word}]
+    return {"pretrain": {"adversarial": {"workdir": "w", "eval_acc_curve": curve}}, "verdict": rows}
+
+
+def test_the_verdict_says_why_a_small_run_cannot_settle_it_and_ends_with_the_command_that_can(capsys):
+    short = demo.DemoOptions(pretrain_steps=30, seeds=1)
+    reasons = demo.caveats(_summary(1, {"10": 0.20, "30": 0.24}), short)
+    assert reasons[:4] == ["one seed: no paired test (--seeds 3 or more)",
+                           "30 pre-training steps (the demo's default: 800)",
+                           "the adversarial encoder's validation accuracy was still rising at its last evaluation "
+                           "(--pretrain-steps)",
+                           "the probe only (--protocols probe,finetune adds full fine-tuning)"]
+    demo._print_verdict(_summary(1, {"10": 0.20, "30": 0.24}), short)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == f"    {demo.NEXT_COMMAND}" and "for a real answer" in lines[-2]
+    assert "  verdict: pre-training paid off in 0 of 1 comparisons (not clearly in demo_note probe: unclear)" in lines
+    # The default run, its curve flat at the end, full fine-tuning too: only the seeds and the scale remain.
+    default = demo.DemoOptions(protocols=("probe", "finetune"))
+    assert demo.caveats(_summary(3, {"150": 0.30, "800": 0.30}, p=0.2), default) == [
+        "3 seeds: the paired test calls only margins well above the seed spread",
+        "the mini model on 128-note windows, trained for minutes: far below the paper's scale"]
+    demo._print_verdict({"pretrain": {}, "verdict": []}, demo.DemoOptions(scratch=False))
+    out = capsys.readouterr().out
+    assert "no verdict: --no-scratch leaves no random-encoder arm" in out and out.endswith(f"{demo.NEXT_COMMAND}\n")

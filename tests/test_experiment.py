@@ -343,8 +343,10 @@ def smoke(tmp_path_factory):
 def test_a_stopped_experiment_reports_what_finished(smoke):
     first, out = smoke["first"], smoke["first_out"]
     # Seed 0: adversarial pre-training, its 2 fine-tuning runs, random pre-training, 1 of its fine-tuning runs.
-    assert "[experiment] run 5/16: finetune folder_sequence random seed 0 probe fraction 0.5" in out
+    assert "[experiment] run 5/16: finetune folder_sequence random seed 0 probe fraction 0.5: test accuracy " in out
     assert "run 6/16" not in out
+    # One line per run: a fine-tuning run's header and evaluations stay in its metrics, off the console.
+    assert out.count("[experiment] run ") == 5 and "[finetune]" not in out and "\r" not in out
     assert (first["planned_runs"], first["finished_runs"], first["complete"], first["stopped"]) == (12, 3, False, "max_runs=5")
     assert len(first["missing"]) == 9 and "PARTIAL: 3 of 12 fine-tuning runs finished" in out
     assert [(p["arm"], p["seed"], p["finished"]) for p in first["pretrain"]] == [

@@ -237,7 +237,7 @@ def test_pop909_velocity_blanks_the_velocity_input(pop909_root, tmp_path):
     assert list(counts) == list(tasks.VELOCITY_CLASSES) and sum(counts.values()) > 0
 
 
-def test_pianist8_composer_labels_every_window_with_the_piece(tmp_path):
+def test_pianist8_composer_labels_every_window_with_the_piece(tmp_path, capsys):
     root = tmp_path / "Pianist8" / "midi"
     chosen = {}
     for split in ("train", "valid", "test"):
@@ -250,6 +250,9 @@ def test_pianist8_composer_labels_every_window_with_the_piece(tmp_path):
     (tmp_path / "Pianist8" / "audio" / "x.mp3").write_bytes(b"ID3")
 
     dataset_dir = prepare.prepare(data_config("composer", tmp_path / "Pianist8", tmp_path / "tfds"))
+    per_class = [line for line in capsys.readouterr().out.splitlines() if "per class" in line]
+    assert per_class == ["  pieces per class (train/validation/test): " + ", ".join(
+        f"{name} {'1/1/1' if name in ('Bethel', 'Hancock', 'Yiruma') else '0/0/0'}" for name in tasks.PIANIST8_CLASSES)]
     check_common(dataset_dir, tasks.SEQUENCE)
     assert piece_splits(dataset_dir) == {rel: {"valid": "validation"}.get(s, s) for rel, s in chosen.items()}
     records = {r.path: r for r in manifest.Manifest.load(dataset_dir).records}

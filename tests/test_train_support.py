@@ -11,6 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from midibert_jax import console
 from midibert_jax.train import metrics, nonfinite, optim, preemption, state
 
 GROUPS = ("encoder", "recoverer", "masker")
@@ -95,7 +96,7 @@ def test_guarded_update_keeps_the_state_when_the_loss_or_gradients_are_not_finit
         nonfinite.check_finite(7, np.array([3, 4]), {nonfinite.FLAG: finite})
 
 
-def test_metrics_writer_and_rate(tmp_path):
+def test_metrics_writer(tmp_path):
     with metrics.MetricsWriter(str(tmp_path), enabled=True) as w:
         w.write(3, {"loss": jnp.float32(1.5), "acc": 0.25})
         w.write(4, {"loss": float("nan")})
@@ -106,14 +107,9 @@ def test_metrics_writer_and_rate(tmp_path):
     silent.write(1, {"x": 1.0})
     assert not os.path.exists(tmp_path / "other")
 
-    now = [100.0]
-    meter = metrics.RateMeter(total=100, initial=10, clock=lambda: now[0])
-    now[0] = 110.0
-    r = meter.update(30)
-    assert r["steps_per_sec"] == pytest.approx(2.0) and r["eta_sec"] == pytest.approx(35.0)
 
-
-def test_progress_bar_prints_position_rate_and_eta_on_process_0_only(capsys):
+def test_progress_bar_prints_position_rate_and_eta_on_process_0_only(capsys, monkeypatch):
+    monkeypatch.setenv(console.PROGRESS_ENV, "bars")  # what a terminal gets (tests/test_console.py: elsewhere)
     bar = metrics.progress_bar(10, initial=2, desc="pretrain")  # one process: process 0 shows it
     bar.update(3)
     bar.refresh()
@@ -121,8 +117,8 @@ def test_progress_bar_prints_position_rate_and_eta_on_process_0_only(capsys):
     err = capsys.readouterr().err
     shown = err.split("\r")
     assert shown[1].startswith("pretrain:  20%") and "| 2/10 [" in shown[1], shown  # starts at the resumed step
-    # e.g. "pretrain:  50%|#####     | 5/10 [00:01<00:01, 2.50it/s]": position, elapsed<ETA, rate.
-    assert any(re.search(r"^pretrain: +50%\|[^|]+\| 5/10 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+it/s\]", line)
+    # e.g. "pretrain:  50%|#####     | 5/10 [00:01<00:01, 2.50 steps/s]": position, elapsed<ETA, rate.
+    assert any(re.search(r"^pretrain: +50%\|[^|]+\| 5/10 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+ steps/s\]", line)
                for line in shown), shown
     assert err.endswith("\n")  # closed: the next output starts on its own line
 

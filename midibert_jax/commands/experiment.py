@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import argparse
 
+from midibert_jax import flags
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="configs/experiment.py", help="PATH[:ARG] (default: %(default)s)")
     parser.add_argument("--workdir", default="runs/experiment",
                         help="folder of all the experiment's runs (local or gs://; default: %(default)s)")
-    parser.add_argument("--max-runs", type=int, default=None,
+    parser.add_argument("--max-runs", type=flags.int_type(0), default=None,
                         help="go through at most N runs of the plan this time (finished ones count); 0: only "
-                             "aggregate the finished runs")
+                             "aggregate the finished runs; an integer >= 0")
     parser.epilog = ("Override any config field with --config.KEY=VALUE, e.g. --config.seeds='(0,1)' "
                      "--config.pretrain.overrides.train.steps=300.")
 

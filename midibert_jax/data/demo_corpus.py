@@ -25,13 +25,10 @@ import json
 import os
 import random
 import re
-import time
 from collections.abc import Sequence
 from typing import Any
 
-from tqdm.auto import tqdm
-
-from midibert_jax import paths
+from midibert_jax import console, paths
 from midibert_jax.data import workers
 from midibert_jax.data.errors import DataError
 
@@ -407,9 +404,9 @@ def materialize(
     if todo:
         tasks = [ConvertTask(os.path.join(root, w.source), w.number, os.path.join(cache_dir, w.midi_path), writer) for w in todo]
         num_workers = num_workers or workers.default_num_workers()
-        start = time.monotonic()
         with workers.WorkerPool(convert_work, num_workers=min(num_workers, len(todo)), timeout=timeout, memory_limit_mb=memory_limit_mb) as pool:
-            bar = tqdm(total=len(todo), desc="Converting music21 scores", unit=" works", disable=not progress, dynamic_ncols=True)
+            bar = console.progress(len(todo), "Converting music21 scores (cached for later runs)", unit="works",
+                                   enabled=progress)
             failed = 0
             try:
                 for w, outcome in zip(todo, pool.imap(tasks)):
@@ -433,8 +430,6 @@ def materialize(
             finally:
                 bar.close()
                 _save_index(cache_dir, index)
-        if progress:
-            print(f"Converted {len(todo)} music21 works in {time.monotonic() - start:.1f} s ({failed} failed)")
     return [results[w] for w in works]
 
 

@@ -24,6 +24,8 @@ from typing import Any
 
 from etils import epath
 
+from midibert_jax import console
+
 MANIFEST_FILENAME = "manifest.jsonl"
 SUMMARY_FILENAME = "build_summary.json"
 STATUSES = ("ok", "skipped", "duplicate", "ignored")
@@ -193,6 +195,19 @@ def format_summary(summary: dict[str, Any], max_reasons: int = 10, max_groups: i
     if summary.get("data_dir"):
         lines.append(f"  written to {summary['data_dir']}")
     return "\n".join(lines)
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """`Manifest.summary()` in one line: what a build prints when it runs inside training (`format_summary`: all of it)."""
+    st = summary["status"]
+    others = ", ".join(f"{st[k]} {k}" for k in STATUSES[1:] if st.get(k))
+    splits = ", ".join(f"{name} {s['windows'] or s.get('stream_rows', 0)}" for name, s in sorted(summary["splits"].items()))
+    unit = "windows" if any(s["windows"] for s in summary["splits"].values()) else "packed rows"
+    took = f" in {console.format_seconds(summary['build_seconds'])}" if summary.get("build_seconds") is not None else ""
+    empty = f"; not written (no usable pieces): {', '.join(summary['empty_splits'])}" if summary.get("empty_splits") else ""
+    return (f"{summary.get('dataset', 'dataset')}: {st.get('ok', 0)} of {summary['files']} files tokenized"
+            f"{f' ({others})' if others else ''}; {unit}: {splits}{empty}; built{took} "
+            f"(per file: {MANIFEST_FILENAME}, totals: {SUMMARY_FILENAME})")
 
 
 def left_out_lines(records: Sequence[FileRecord], limit: int = 20) -> list[str]:

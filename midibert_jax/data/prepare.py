@@ -161,10 +161,11 @@ def _build(config: ml_collections.ConfigDict, dataset_dir: epath.Path, out) -> N
             print(f"Building {dataset_dir}: builds on a cloud path are not locked against other runs "
                   "(processes of this run wait for process 0)", file=out, flush=True)
         builder = make_builder(config)  # made under the lock: sees what another process finished
-        if not config.progress:
-            import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+        import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
-            tfds.disable_progress_bar()
+        # TFDS's own bars cover writing the shards (seconds) and would only add lines; the builders
+        # report the slow work themselves (midibert_jax.console).
+        tfds.display_progress_bar(False)
         builder.download_and_prepare(download_config=download_config(config))
         if not (dataset_dir / dataset_lock.COMPLETE_MARKER).exists():
             dataset_lock.mark_complete(dataset_dir)

@@ -322,7 +322,7 @@ def write_run_files(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str, *, data: Data | None = None, task: TaskInfo | None = None,
-    wrap_step: Callable[[Callable], Callable] | None = None,
+    wrap_step: Callable[[Callable], Callable] | None = None, verbose: bool = True,
 ) -> dict[str, Any]:
     """Fine-tunes per `config`, writing checkpoints and metrics to `workdir`.
 
@@ -332,6 +332,8 @@ def train_and_evaluate(
       data: the training and validation data sources (default: the task's dataset, built on first use).
       task: name, level and class names (default: recorded in config.task, else midibert_jax.data.tasks).
       wrap_step: (tests) wraps the pure train step before it is jitted.
+      verbose: print the run's header and every evaluation; False when the caller (an experiment of
+        many runs) prints one line per run itself (the bar then vanishes when done; metrics are logged alike).
     Returns:
       {"best_step", "best_accuracy", "stopped" ('' | 'early' | 'preempted' | 'done'), "last_eval", "origin"}.
     """
@@ -348,6 +350,7 @@ def train_and_evaluate(
     task = task or task_info(config, data.dataset_dir)
     cfg = resolve_config(config, task, workdir, resuming=resuming)
     primary = jax.process_index() == 0
+    chatty = primary and verbose
     piece_fraction = cfg.train.get("piece_fraction", 1.0)
     if piece_fraction < 1.0:
         data = dataclasses.replace(data, train=pipeline.PieceSubset(data.train, piece_fraction, cfg.seed))
@@ -381,21 +384,22 @@ def train_and_evaluate(
         if record["stopped"] == "done" and start < total_steps:
             record["stopped"] = ""  # finished an earlier, shorter budget: continue
         if record["stopped"] == "early" or start >= total_steps:
-            if primary:
+            if chatty:
                 print(f"[finetune] {workdir}: already finished at step {start} ({record['stopped'] or 'done'}); "
                       f"best validation accuracy {record['best_accuracy']} at step {record['best_step']}")
             return {**summary, **_result(record)}
         train_step, report = trainer.compile_train_step()
         subset = f" ({data.train.num_pieces} pieces: {piece_fraction:g} of the split's)" if piece_fraction < 1.0 else ""
-        if primary:
+        if chatty:
             print(f"[finetune] {task.name} ({task.level}, {task.num_classes} classes) {origin} at step {start}; "
                   f"{jax.device_count()} devices; {len(data.train)} training windows{subset}, "
                   f"{plan.steps_per_epoch} steps/epoch, at most {total_steps} steps, evaluation every {eval_every}; compiled in "
                   f"{report['compile_seconds']:.1f} s, {report.get('peak_bytes_estimate', 0) / 2**20:.0f} MiB/device")
         batches = pipeline.plan_iterator(data.train, plan, start_step=start, num_threads=cfg.data.read_threads,
                                          prefetch=cfg.data.prefetch)
-        bar = metrics.progress_bar(total_steps, initial=start, desc=f"finetune {task.name}")
+        bar = metrics.progress_bar(total_steps, initial=start, desc=f"finetune {task.name}", leave=verbose)
         say = bar.write if primary else (lambda text: None)
+        detail = say if verbose else (lambda text: None)
 
         def save(ctx: loop.Context, now: bool = False) -> None:
             items = dict(state=ctx.state, early_stopping=dict(record), config=cfg.to_dict())
@@ -418,11 +422,11 @@ def train_and_evaluate(
             writer.write(ctx.step, ctx.eval | {"eval/bad_evals": record["bad_evals"], ELAPSED: record["elapsed_s"]})
             save(ctx)
             extra = f", piece accuracy {result['piece_accuracy']:.4f}" if "piece_accuracy" in result else ""
-            say(f"[finetune] step {ctx.step}: validation accuracy {result['accuracy']:.4f}{extra}, "
-                f"macro-F1 {result['macro_f1']:.4f}, loss {result['loss']:.4f}"
-                + (" (best)" if best else f" ({record['bad_evals']} without improvement)"))
+            detail(f"[finetune] step {ctx.step}: validation accuracy {result['accuracy']:.4f}{extra}, "
+                   f"macro-F1 {result['macro_f1']:.4f}, loss {result['loss']:.4f}"
+                   + (" (best)" if best else f" ({record['bad_evals']} without improvement)"))
             if record["stopped"] == "early":
-                say(f"[finetune] early stop: {record['bad_evals']} evaluations without improvement")
+                detail(f"[finetune] early stop: {record['bad_evals']} evaluations without improvement")
                 ctx.stop = "early"
 
         schedule = [

@@ -15,13 +15,12 @@ import json
 import math
 import os
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import jax
 import numpy as np
-import tqdm
 
-from midibert_jax import paths
+from midibert_jax import console, paths
 
 
 class _EpathEventFiles:
@@ -92,24 +91,8 @@ class MetricsWriter:
         self.close()
 
 
-class RateMeter:
-    """Steps per second and ETA over a sliding start point, with an injectable clock for tests."""
-
-    def __init__(self, total: int, initial: int = 0, clock: Callable[[], float] = time.monotonic):
-        self.total, self.clock = total, clock
-        self._start_step, self._start_time = initial, clock()
-        self.step = initial
-
-    def update(self, step: int) -> dict[str, float]:
-        """Records that `step` was reached; returns {"steps_per_sec", "eta_sec"} (inf ETA before any progress)."""
-        self.step = step
-        elapsed = max(self.clock() - self._start_time, 1e-9)
-        rate = (step - self._start_step) / elapsed
-        eta = (self.total - step) / rate if rate > 0 else math.inf
-        return {"steps_per_sec": rate, "eta_sec": eta}
-
-
-def progress_bar(total: int, initial: int = 0, desc: str = "train", *, enabled: bool | None = None) -> tqdm.tqdm:
-    """A tqdm bar (rate and ETA included) shown on process 0 only; call `.update(n)` / `.set_postfix(...)`."""
+def progress_bar(total: int, initial: int = 0, desc: str = "train", *, enabled: bool | None = None,
+                 leave: bool = True):
+    """The run's progress report on process 0 only (`console.progress`: a bar on a terminal, lines elsewhere)."""
     enabled = jax.process_index() == 0 if enabled is None else enabled
-    return tqdm.tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, disable=not enabled, smoothing=0.1)
+    return console.progress(total, desc, unit="steps", initial=initial, enabled=enabled, leave=leave)

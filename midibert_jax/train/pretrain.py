@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from midibert_jax import config_validation, paths
+from midibert_jax import config_validation, console, paths
 from midibert_jax.data import pipeline
 from midibert_jax.model import models
 from midibert_jax.tokenizer import vocab
@@ -325,7 +325,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         schedule = [
             hooks.log_train(writer, cfg.train.log_every, schedule=trainer.schedule, steps_per_epoch=plan.steps_per_epoch,
                             start=start, bar=bar, tokens_per_step=cfg.data.batch_size * cfg.model.max_len,
-                            rate=metrics.RateMeter(cfg.train.steps, initial=start), extra=log_extra),
+                            rate=console.RateMeter(cfg.train.steps, initial=start), extra=log_extra),
             loop.Hook(evaluate, every=cfg.train.eval_every),
             loop.Hook(refresh_book, when=lambda step: mask_book.update_due(step, plan.steps_per_epoch, trainer.book_cfg)
                       is not None),

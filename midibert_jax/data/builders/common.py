@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
-from tqdm.auto import tqdm
 
+from midibert_jax import console
 from midibert_jax.data import manifest, windows, workers
 from midibert_jax.data.errors import BuildError, SplitNotFoundError
 from midibert_jax.tokenizer import vocab
@@ -99,13 +99,13 @@ class BuildOptions:
     convert_timeout: float = 120.0
     # Address-space limit per worker in MiB (None: no limit).
     memory_limit_mb: int | None = 4096
-    # Show tqdm progress bars.
+    # Report progress (midibert_jax.console: bars on a terminal, a line per stage elsewhere).
     progress: bool = True
     # Demo corpus: where converted MIDI files are cached (None: demo_corpus.default_cache_dir()).
     cache_dir: str | None = None
     # Threads used to hash input files.
     hash_threads: int = 8
-    # Print the build summary when a build finishes.
+    # Print a one-line build summary when a build finishes (`midibert-jax prepare` prints the full one).
     print_summary: bool = True
 
 
@@ -174,12 +174,12 @@ def hash_and_split(
 ) -> list[InputFile]:
     """Fills sha256/size, marks duplicates and unreadable files, assigns splits (in place)."""
     todo = [i for i in inputs if i.status == "pending"]
-    with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
+    with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool, console.progress(
+        len(todo), "Hashing inputs", unit="files", enabled=progress and len(todo) >= 1000
+    ) as bar:
         futures = {pool.submit(_hash_file, i.path): i for i in todo}
-        for fut in tqdm(
-            concurrent.futures.as_completed(futures), total=len(futures), desc="Hashing inputs", unit=" files",
-            disable=not progress or len(futures) < 1000, dynamic_ncols=True,
-        ):
+        for fut in concurrent.futures.as_completed(futures):
+            bar.update(1)
             inp = futures[fut]
             try:
                 inp.sha256, inp.size = fut.result()

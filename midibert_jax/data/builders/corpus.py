@@ -37,8 +37,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import tensorflow_datasets as tfds
-from tqdm.auto import tqdm
 
+from midibert_jax import console
 from midibert_jax.data import demo_corpus, manifest, windows, workers
 from midibert_jax.data.builders import beam
 from midibert_jax.data.builders.common import (
@@ -132,7 +132,16 @@ class MidiFolder(tfds.core.GeneratorBasedBuilder):
         self._inputs: list[InputFile] = []
         self._spill: Spill | None = None
         self._spill_dir: str | None = None
-        super().__init__(**kwargs)
+        # Every config of ours is a custom one: TFDS's warning about it would print the whole config.
+        with console.dropped_log_messages("absl", "Using custom data configuration"):
+            super().__init__(**kwargs)
+
+    def _log_download_bytes(self) -> None:
+        """Says what is built where (TFDS's own line has only 'Unknown size' to tell)."""
+        print(f"Building {self.name}/{self.builder_config.name} in {self.data_dir}", flush=True)
+
+    def _log_download_done(self) -> None:
+        """Nothing: the summary line printed at the end of the build says it."""
 
     @property
     def config(self) -> MidiConfig:
@@ -189,7 +198,7 @@ class MidiFolder(tfds.core.GeneratorBasedBuilder):
             self.summary = built.summary()
             self.info.metadata["summary"] = {k: v for k, v in self.summary.items() if k != "slowest"}
             if self.options.print_summary:
-                print(manifest.format_summary(self.summary))
+                print(manifest.summary_line(self.summary))
         finally:
             if self._spill is not None:
                 self._spill.close()
@@ -249,8 +258,8 @@ class MidiFolder(tfds.core.GeneratorBasedBuilder):
             skipped = 0
             with workers.WorkerPool(
                 task, num_workers=num_workers, timeout=opts.timeout, memory_limit_mb=opts.memory_limit_mb
-            ) as pool, tqdm(
-                total=len(pending), desc=f"Tokenizing {self.name}", unit=" files", disable=not opts.progress, dynamic_ncols=True
+            ) as pool, console.progress(
+                len(pending), f"Tokenizing {self.name}", unit="files", enabled=opts.progress
             ) as bar:
                 for inp, outcome in zip(pending, pool.imap(i.path for i in pending)):
                     record, result = record_from_outcome(inp, outcome, cfg.packing)

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
-from tqdm.auto import tqdm
 
+from midibert_jax import console
 from midibert_jax.data import tasks, workers
 from midibert_jax.data.builders import common
 from midibert_jax.data.builders.common import InputFile
@@ -410,8 +410,8 @@ class TaskBuilder(MidiFolder, skip_registration=True):
             num_workers = min(opts.num_workers or workers.default_num_workers(), len(pending))
             with workers.WorkerPool(
                 self._worker_task(), num_workers=num_workers, timeout=opts.timeout, memory_limit_mb=opts.memory_limit_mb
-            ) as pool, tqdm(
-                total=len(pending), desc=f"Tokenizing {self.name}", unit=" files", disable=not opts.progress, dynamic_ncols=True
+            ) as pool, console.progress(
+                len(pending), f"Tokenizing {self.name}", unit="files", enabled=opts.progress
             ) as bar:
                 for inp, outcome in zip(pending, pool.imap(i.path for i in pending)):
                     record, result = common.record_from_outcome(inp, outcome, "piece")
@@ -473,9 +473,11 @@ class TaskBuilder(MidiFolder, skip_registration=True):
         (self.data_path / tasks.TASK_INFO_FILENAME).write_text(json.dumps(info, indent=1) + "\n")
         if self.options.print_summary:
             key = "notes" if self.task.level == tasks.NOTE else "pieces"
-            for split, c in self._counts.items():
-                if any(c[key].values()):
-                    print(f"  {split} {key} per class: " + ", ".join(f"{k} {v}" for k, v in c[key].items()))
+            splits = [split for split, c in self._counts.items() if any(c[key].values())]
+            if splits:
+                print(f"  {key} per class ({'/'.join(splits)}): " + ", ".join(
+                    f"{name} " + "/".join(str(self._counts[split][key][name]) for split in splits)
+                    for name in self._class_names))
 
 
 def _parse_split_lists(lists: Any, source: str) -> dict[str, str]:
