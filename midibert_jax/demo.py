@@ -29,12 +29,13 @@ from etils import epath
 
 from midibert_jax import flags, paths
 from midibert_jax.errors import UserError
+from midibert_jax import experiment_report
 from midibert_jax.experiment_report import PROTOCOLS
 
 TASKS = ("demo_note", "demo_sequence")
 CURVE_METRIC = "eval/accuracy"  # validation masked-note accuracy (random 15% masking, fixed seed)
 VERDICT_METRIC = "accuracy"
-ALPHA = 0.05  # a verdict other than 'unclear' needs the paired t-test's p below this
+ALPHA = experiment_report.ALPHA  # a verdict other than 'unclear' needs the paired t-test's p below this
 # The integer flags: (smallest, largest, multiple of). Steps: the step counter is int32. Seeds: each
 # adds a fine-tuning run per arm, task and protocol; more than 10 belong to `midibert-jax experiment`.
 # Notes per window: the mask book packs 8 notes a byte; 1024 is the published models' window.
@@ -139,27 +140,14 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
 def verdicts(report: dict[str, Any], metric: str = VERDICT_METRIC) -> list[dict[str, Any]]:
     """Per task x protocol x fraction and pre-trained arm: its margin over 'none' against the seed spread.
 
-    'helps' when the mean paired margin exceeds the larger of the two arms' seed sd and the paired t-test
-    gives p < ALPHA, 'hurts' when it is below minus that spread with p < ALPHA, else 'unclear' (within the
-    seed spread, or too few seeds to tell it from noise)."""
-    sd = {(r["task"], r["protocol"], r["fraction"], r["arm"]): r["sd"] or 0.0
-          for r in report["summary"] if r["metric"] == metric}
-    means = {(r["task"], r["protocol"], r["fraction"], r["arm"]): r["mean"]
-             for r in report["summary"] if r["metric"] == metric}
-    out = []
-    for p in report["paired"]:
-        if p["metric"] != metric or p["b"] != "none":
-            continue
-        key = (p["task"], p["protocol"], p["fraction"])
-        spread = max(sd.get(key + (p["a"],), 0.0), sd.get(key + ("none",), 0.0))
-        margin = p["mean_diff"]
-        significant = p["p"] is not None and p["p"] < ALPHA
-        word = ("helps" if margin > spread and significant else
-                "hurts" if margin < -spread and significant else "unclear")
-        out.append({"task": key[0], "protocol": key[1], "fraction": key[2], "arm": p["a"], "metric": metric,
-                     "pretrained": means.get(key + (p["a"],)), "none": means.get(key + ("none",)), "margin": margin,
-                     "sd_margin": p["sd_diff"], "seed_spread": spread, "n": p["n"], "p": p["p"], "verdict": word})
-    return out
+    The experiment's verdicts (`experiment_report.verdicts`: beyond the larger seed sd and p < ALPHA) of the
+    pairs (arm, none), in the demo's words: 'helps', 'hurts' or 'unclear'."""
+    words = {"better": "helps", "worse": "hurts", "unclear": "unclear"}
+    pairs = tuple((arm, "none") for arm in experiment_report.ARMS if arm != "none")
+    return [{"task": v["task"], "protocol": v["protocol"], "fraction": v["fraction"], "arm": v["a"], "metric": metric,
+             "pretrained": v["mean_a"], "none": v["mean_b"], "margin": v["margin"], "sd_margin": v["sd_margin"],
+             "seed_spread": v["seed_spread"], "n": v["n"], "p": v["p"], "verdict": words[v["verdict"]]}
+            for v in experiment_report.verdicts(report, metric, pairs)]
 
 
 def _print_results(summary: dict[str, Any], report: dict[str, Any], pre_curves, summary_path: str) -> None:
