@@ -416,6 +416,15 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str | os.PathLike
     use_compilation_cache()
     the_plan = plan(config, workdir)
     _validate(the_plan)
+    from midibert_jax.train import run_lock  # pylint: disable=import-outside-toplevel
+
+    with run_lock.RunLock(paths.resolve(workdir), "experiment"):  # one experiment per folder; each run locks its own
+        return _run_plan(config, workdir, the_plan, say=say, progress=progress, max_runs=max_runs)
+
+
+def _run_plan(config: ml_collections.ConfigDict, workdir: str | os.PathLike, the_plan: Plan, *,
+              say: Callable[[str], Any], progress: bool, max_runs: int | None) -> dict[str, Any]:
+    """run_experiment's runs and report, under the experiment folder's lock."""
     total = len(the_plan.runs)
     todo = the_plan.runs if max_runs is None else the_plan.runs[:max(0, max_runs)]
     if todo:
