@@ -174,3 +174,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.optim.learning_rate = 1e-4
     config.model.max_len = config.data.max_len
     return config
+
+
+def unread_fields(config: ml_collections.ConfigDict) -> dict[str, str]:
+    """Fields this config's task and options do not read -> what reads them (config_loading refuses
+    overriding them)."""
+    from configs.finetune_data import unread_fields as unread_data_fields  # pylint: disable=import-outside-toplevel
+
+    unread = {f"data.{key}": why for key, why in unread_data_fields(config.data).items()}
+    if not config.train.init_from:
+        unread["train.init_step"] = unread["train.model_from_init"] = "read only with train.init_from (a pre-trained encoder)"
+    if not (config.augment.eval_mask or config.augment.eval_pitch_shift):
+        unread["augment.eval_seed"] = "read only with augment.eval_mask or augment.eval_pitch_shift"
+    return unread

@@ -29,7 +29,7 @@ import ml_collections
 from etils import epath
 
 from midibert_jax import paths
-from midibert_jax.config_loading import ConfigError, apply_override, load_config
+from midibert_jax.config_loading import ConfigError, apply_override, load_config, refuse_unread
 from midibert_jax.experiment_report import ARMS, PROTOCOLS, build_report, machine_info, print_table, write_report
 
 # Keys of the run configs that the experiment sets itself (from the arm, seed, protocol, fraction).
@@ -116,9 +116,12 @@ def flatten(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
-def _apply(config: ml_collections.ConfigDict, values: Any, where: str, managed: Sequence[str]) -> None:
-    """Sets the (nested) `values` on `config`, type-checked; errors name the experiment key `where`."""
-    for key, value in flatten(values):
+def _apply(config: ml_collections.ConfigDict, values: Any, where: str, managed: Sequence[str], spec: str) -> None:
+    """Sets the (nested) `values` on `config` (loaded from `spec`), type-checked; errors name the experiment
+    key `where`. A `data.*` key the variant does not read is refused (`refuse_unread`: no silent wrong
+    dataset); other keys' readers depend on what the experiment sets per arm, so they are not checked here."""
+    items = flatten(values)
+    for key, value in items:
         if key in managed:
             raise ConfigError(f"{where}.{key}: set by the experiment itself (from the arm, seed, protocol or "
                               "fraction); remove it")
@@ -126,6 +129,7 @@ def _apply(config: ml_collections.ConfigDict, values: Any, where: str, managed: 
             apply_override(config, key, value if isinstance(value, str) else repr(value))
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from e
+    refuse_unread(config, [key for key, _ in items if key.startswith("data.")], spec, flag=f"{where}.")
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -166,7 +170,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 def pretrain_config(config: ml_collections.ConfigDict, arm: str, seed: int) -> ml_collections.ConfigDict:
     """The pre-training config of `arm` ('adversarial' | 'random') and `seed`."""
     pre = load_config(config.pretrain.spec)
-    _apply(pre, config.pretrain.overrides, "pretrain.overrides", PRETRAIN_MANAGED)
+    _apply(pre, config.pretrain.overrides, "pretrain.overrides", PRETRAIN_MANAGED, config.pretrain.spec)
     if pre.masking.policy != "adversarial":
         raise ConfigError(f"pretrain.spec={config.pretrain.spec!r} sets masking.policy={pre.masking.policy!r}: "
                           "give the adversarial arm's config; the random arm adds masking=random to it")
@@ -185,9 +189,9 @@ def finetune_config(config: ml_collections.ConfigDict, spec: str, task: str, arm
     from midibert_jax.train import warm_start  # pylint: disable=import-outside-toplevel
 
     ft = load_config(spec)
-    _apply(ft, config.finetune.overrides, "finetune.overrides", FINETUNE_MANAGED)
-    _apply(ft, config.task_overrides.get(task), f"task_overrides.{task}", FINETUNE_MANAGED)
-    _apply(ft, config.protocol_overrides.get(protocol), f"protocol_overrides.{protocol}", FINETUNE_MANAGED)
+    _apply(ft, config.finetune.overrides, "finetune.overrides", FINETUNE_MANAGED, spec)
+    _apply(ft, config.task_overrides.get(task), f"task_overrides.{task}", FINETUNE_MANAGED, spec)
+    _apply(ft, config.protocol_overrides.get(protocol), f"protocol_overrides.{protocol}", FINETUNE_MANAGED, spec)
     ft.seed = seed
     ft.data.max_len = pre.data.max_len
     # The same encoder in every arm (the pre-trained arms take it from init_from anyway).
