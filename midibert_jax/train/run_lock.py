@@ -45,7 +45,7 @@ from midibert_jax.errors import UserError
 
 LOCK_FILE = ".run.lock"
 # Bytes of a broadcast verdict (a message of one line).
-_MESSAGE_BYTES = 2048
+_MESSAGE_BYTES = 8192
 
 
 class RunBusyError(UserError):
