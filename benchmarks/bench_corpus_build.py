@@ -15,8 +15,9 @@ settings, a new data_dir): the default path with --workers tokenizer processes, 
 DirectRunner with --workers worker processes. Reported per build: wall time, files/s and files/s
 per core, peak resident memory of the parent (the build process) and of its largest worker
 (getrusage) and of the whole process tree (sampled from /proc), shard count and sizes, the
-manifest's counts and whether they account for every input file, and every corrupt file's
-status and reason; beside the CPU's ISA flags.
+manifest's counts and whether they account for every input file, every corrupt file's status and
+reason, and the 1-minute load average before and after (figures from a busy machine mean little);
+beside the CPU's ISA flags.
 """
 
 from __future__ import annotations
@@ -280,6 +281,7 @@ def measure(folder: pathlib.Path, size: int, corrupt: list[str], cache: pathlib.
     work.mkdir(parents=True)
     (work / "config.json").write_text(json.dumps(build_config(folder, work / "tfds", path, workers)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.fspath(REPO), os.environ.get("PYTHONPATH", "")]))
+    load_before = os.getloadavg()[0]
     start = time.perf_counter()
     with open(work / "build.log", "w") as log:
         proc = subprocess.Popen([sys.executable, __file__, "--child-build", os.fspath(work / "config.json"),
@@ -312,6 +314,7 @@ def measure(folder: pathlib.Path, size: int, corrupt: list[str], cache: pathlib.
         "corrupt_files": corrupt_records,
         "all_corrupt_skipped_with_reason": all(r and r["status"] == "skipped" and r["reason"]
                                                for r in corrupt_records.values()),
+        "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # before, after: a quiet machine?
         "dataset_dir": os.fspath(dataset_dir),
     }
 
@@ -326,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="tokenizer processes / Beam workers (and writers)")
     parser.add_argument("--data", default=os.fspath(DEFAULT_DATA), help="folder holding POP909, POP1K7, ...")
     parser.add_argument("--max-songs", type=int, default=0, help="use only the first N songs (0: all)")
-    parser.add_argument("--corrupt-every", type=int, default=1000, help="one corrupt file per N variants")
+    parser.add_argument("--corrupt-every", type=int, default=250, help="one corrupt file per N variants")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", default=os.path.join(os.path.expanduser("~"), ".cache", "midibert_jax",
                                                         "bench_corpus"))
