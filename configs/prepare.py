@@ -118,6 +118,7 @@ READERS = {
     "demo": "only the demo corpus reads the demo block (configs/prepare.py:demo)",
     "beam": "only Beam builds read it: add the beam modifier (e.g. configs/prepare.py:folder,beam)",
     "reference": "only the reference packing reads it: add the reference modifier (e.g. configs/prepare.py:folder,reference)",
+    "tasks": "only the tasks variant reads it (configs/prepare.py:tasks)",
 }
 
 
@@ -138,4 +139,6 @@ def unread_fields(config: ml_collections.ConfigDict, readers: dict[str, str] | N
         unread["beam_options"] = readers["beam"]
     if config.packing != "reference":
         unread["extra_pad_window"] = readers["reference"]
+    if config.dataset != "tasks":  # the fields of the tasks variant, where this file has it
+        unread.update({key: readers["tasks"] for key in ("task_roots", "extra_folders") if key in config})
     return unread

@@ -176,6 +176,7 @@ DATA_READERS = {
     "demo": "only the demo corpus reads data.demo (the data=demo modifier, the default)",
     "beam": "only Beam builds read it: set --config.data.beam=True",
     "reference": "only the reference packing reads it: set --config.data.packing=reference",
+    "tasks": "only the tasks corpus reads it (the data=tasks modifier)",
 }
 # Fields only the adversarial policy reads (the masker, its loss, the mask book).
 ADVERSARIAL_ONLY = ("masking.ratio_min", "masking.ratio_max", "masking.cap", "loss.masker_target_fraction",

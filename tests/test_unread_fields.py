@@ -14,6 +14,7 @@ import os
 import ml_collections
 import pytest
 
+from configs import prepare as prepare_configs
 from conftest import TEST_MAX_LEN
 from midibert_jax import cli, config_loading, experiment
 from midibert_jax.commands import prepare as prepare_command
@@ -22,8 +23,8 @@ from midibert_jax.data.builders import corpus
 
 import midi_factory
 
-PREPARE_SPECS = [f"configs/prepare.py:{','.join((v, *m))}" for v in ("demo", "folder")
-                 for n in range(3) for m in itertools.combinations(("runlocal", "reference", "beam"), n)]
+PREPARE_SPECS = [f"configs/prepare.py:{','.join((v, *m))}" for v in prepare_configs.VARIANTS
+                 for n in range(3) for m in itertools.combinations(prepare_configs.MODIFIERS, n)]
 TASK_SPECS = [f"configs/finetune_data.py:{task}" for task in
               ("melody", "velocity", "composer", "emotion", "folder_sequence", "folder_note", "demo_melody",
                "demo_collection")]
@@ -134,10 +135,12 @@ class Recorder:
 def test_every_data_field_the_dataset_code_never_reads_is_listed_as_unread(spec, tmp_path, monkeypatch):
     """Runs `prepare.prepare` (the build itself replaced by a no-op) on a recording copy of the block."""
     config, module = config_loading._load(spec)  # pylint: disable=protected-access
-    with config.unlocked():
+    with config.unlocked():  # the input each corpus variant needs
         config.data_dir = os.fspath(tmp_path / "tfds")
         if config.get("dataset") == "folder":
             config.folder = os.fspath(tmp_path)
+        elif config.get("dataset") == "tasks":
+            config.extra_folders = (os.fspath(tmp_path),)
     monkeypatch.setattr(corpus.MidiFolder, "download_and_prepare",
                         lambda self, download_config=None: self.data_path.mkdir(parents=True, exist_ok=True))
     read: set[str] = set()
