@@ -130,6 +130,12 @@ class Recorder:
     def get(self, name: str, default=None):
         return self[name] if name in self._block else default
 
+    def keys(self):
+        return self._block.keys()
+
+    def items(self):
+        return [(name, self[name]) for name in self._block.keys()]
+
 
 @pytest.mark.parametrize("spec", PREPARE_SPECS + TASK_SPECS)
 def test_every_data_field_the_dataset_code_never_reads_is_listed_as_unread(spec, tmp_path, monkeypatch):
