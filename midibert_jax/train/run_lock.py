@@ -92,7 +92,6 @@ class RunLock:
 
     def __init__(self, workdir: str | os.PathLike, kind: str, *, out=None, **lock_kwargs):
         self.workdir = os.fspath(workdir)
-        self.kind = kind
         self.out = out if out is not None else sys.stderr
         self.file = locks.FileLock(os.path.join(self.workdir, LOCK_FILE) if locks.is_local(self.workdir)
                                    else f"{self.workdir.rstrip('/')}/{LOCK_FILE}",
