@@ -21,8 +21,9 @@ time and a random token). How exclusive the lock is depends on where the file is
   them stalled for more than `settle` between its read and its write) both believe they hold it;
   `problem()` then tells the one whose record was overwritten at its next call.
 
-A holder rewrites its heartbeat every `heartbeat_every` seconds from a daemon thread, and the path
-is checked each time (`problem`): a lock file removed or replaced under a live holder (its folder
+A holder rewrites its heartbeat every `heartbeat_every` seconds from a daemon thread (in place under
+flock; elsewhere the whole record is replaced, so that no reader sees half of one), and the path is
+checked each time (`problem`): a lock file removed or replaced under a live holder (its folder
 emptied, say) is a lost lock, whatever the mode.
 """
 
@@ -215,11 +216,10 @@ class FileLock:
         """Rewrites this holder's heartbeat time; False (and nothing written) once the lock is lost."""
         if self.problem():
             return False
-        record = self._record()
-        if self._fd is not None:
-            self._write_fd(record)
+        if self.mode == "flock":
+            self._write_fd(self._record())  # in place: the flock is on this inode
         else:
-            self.path.write_text(json.dumps(record, sort_keys=True))
+            self._replace_record()
         return True
 
     def read(self) -> dict[str, Any]:
@@ -244,6 +244,17 @@ class FileLock:
                     return
             except OSError:
                 continue  # a transient filesystem error: try again at the next beat
+
+    def _replace_record(self) -> None:
+        """Writes this holder's record so that no reader ever sees half of it: a local file is written
+        beside and renamed over the lock file; an object store replaces an object whole."""
+        text = json.dumps(self._record(), sort_keys=True)
+        if not is_local(self.path):
+            self.path.write_text(text)
+            return
+        tmp = self.path.parent / f"{self.path.name}.{self.token}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, self.path)
 
     def _write_fd(self, record: dict[str, Any]) -> None:
         data = json.dumps(record, sort_keys=True).encode()
@@ -308,11 +319,11 @@ class FileLock:
             self.holder = self._read_settled()
             return False
         self._fd = fd
-        self._write_fd(self._record())
+        self._write_fd(self._record())  # rivals reading it half-written see a new file: busy (`_empty_and_old`)
+        os.close(fd)
+        self._fd = None  # from now on the record is replaced whole (`_replace_record`)
         self.taken_over = previous if previous.get("pid") else {}
         if self.read().get("token") != self.token:  # removed by a rival taking over the same dead holder
-            os.close(fd)
-            self._fd = None
             self.holder = self.read()
             return False
         return True
@@ -329,7 +340,7 @@ class FileLock:
             self.holder = previous
             return False
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(self._record(), sort_keys=True))
+        self._replace_record()
         time.sleep(self.settle)
         now = self.read()
         if now.get("token") != self.token:

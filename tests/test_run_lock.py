@@ -128,7 +128,10 @@ def test_without_flock_dead_holders_expire_by_heartbeat_and_live_ones_refuse(tmp
         assert time.monotonic() < deadline
         time.sleep(0.05)
     lock.verify()
+    lock.release()
+    assert not path.exists()
 
+    lock = run_lock.RunLock(tmp_path / "run", "finetune", **dict(options, heartbeat_every=0)).acquire()
     path.write_text(json.dumps(dict(elsewhere, heartbeat=time.time())))  # overwritten by another run
     with pytest.raises(run_lock.RunLockLostError, match="now names pid 1 on another-host"):
         lock.verify()
