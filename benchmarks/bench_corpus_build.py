@@ -143,7 +143,8 @@ def corrupt_bytes(kind: str, k: int) -> bytes:
     raise ValueError(kind)
 
 
-def make_corpus(cache: pathlib.Path, pool: pathlib.Path, size: int, corrupt_every: int) -> tuple[pathlib.Path, list[str]]:
+def make_corpus(cache: pathlib.Path, pool: pathlib.Path, size: int,
+                corrupt_every: int) -> tuple[pathlib.Path, list[str]]:
     """cache/corpus_<size>: `size` variants (hard links into the pool), corrupt files and a README.
 
     Returns (the folder, the corrupt files' relative paths). Rebuilt when its recorded contents differ.
@@ -356,8 +357,9 @@ def main(argv: list[str] | None = None) -> int:
             row = measure(folder, size, corrupt, cache, path, args.workers)
             results.append({k: v for k, v in row.items() if k != "dataset_dir"})
             print(f"{size:>7} files, {path:>7}: {row['build_s']:8.1f} s, {row['files_per_s']:7.1f} files/s "
-                  f"({row['files_per_s_per_core']:.1f} per core); peak RSS parent {row['parent_peak_rss_mib']:.0f} MiB, "
-                  f"largest worker {row['largest_worker_peak_rss_mib']:.0f} MiB, tree {row['tree_peak_rss_mib']:.0f} MiB; "
+                  f"({row['files_per_s_per_core']:.1f} per core); peak RSS parent "
+                  f"{row['parent_peak_rss_mib']:.0f} MiB, largest worker {row['largest_worker_peak_rss_mib']:.0f} MiB, "
+                  f"tree {row['tree_peak_rss_mib']:.0f} MiB; "
                   f"{row['shards']['count']} shards, {row['shards']['total_bytes'] / 2**20:.1f} MiB; manifest "
                   f"{row['manifest']}, accounted: {row['accounted']}, corrupt all skipped: "
                   f"{row['all_corrupt_skipped_with_reason']}", flush=True)

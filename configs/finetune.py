@@ -183,7 +183,8 @@ def unread_fields(config: ml_collections.ConfigDict) -> dict[str, str]:
 
     unread = {f"data.{key}": why for key, why in unread_data_fields(config.data).items()}
     if not config.train.init_from:
-        unread["train.init_step"] = unread["train.model_from_init"] = "read only with train.init_from (a pre-trained encoder)"
+        why = "read only with train.init_from (a pre-trained encoder)"
+        unread["train.init_step"] = unread["train.model_from_init"] = why
     if not (config.augment.eval_mask or config.augment.eval_pitch_shift):
         unread["augment.eval_seed"] = "read only with augment.eval_mask or augment.eval_pitch_shift"
     return unread

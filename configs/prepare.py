@@ -117,7 +117,8 @@ READERS = {
     "folder": "a folder of MIDI files needs the folder variant: --config configs/prepare.py:folder --config.folder=DIR",
     "demo": "only the demo corpus reads the demo block (configs/prepare.py:demo)",
     "beam": "only Beam builds read it: add the beam modifier (e.g. configs/prepare.py:folder,beam)",
-    "reference": "only the reference packing reads it: add the reference modifier (e.g. configs/prepare.py:folder,reference)",
+    "reference": "only the reference packing reads it: add the reference modifier (e.g. configs/prepare.py:folder,"
+                 "reference)",
     "tasks": "only the tasks variant reads it (configs/prepare.py:tasks)",
 }
 

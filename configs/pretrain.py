@@ -188,5 +188,6 @@ def unread_fields(config: ml_collections.ConfigDict) -> dict[str, str]:
     unread = {f"data.{key}": why for key, why in unread_data_fields(config.data, DATA_READERS).items()}
     if config.masking.policy != "adversarial":
         for key in ADVERSARIAL_ONLY:
-            unread[key] = f"masking.policy={config.masking.policy!r} has no masker: only the adversarial policy reads it"
+            unread[key] = (f"masking.policy={config.masking.policy!r} has no masker: only the adversarial policy "
+                           "reads it")
     return unread

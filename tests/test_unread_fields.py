@@ -52,7 +52,8 @@ def test_prepare_with_only_a_folder_builds_that_folder(tmp_path, capsys):
     (dataset_dir,) = [line.split(": ", 1)[1] for line in out.splitlines() if line.strip().startswith("manifest:")]
     built = manifest.Manifest.load(os.path.dirname(dataset_dir))
     assert "/midi_folder/" in dataset_dir and built.info["source"] == os.fspath(folder)
-    assert {r.path for r in built.records} == {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    inputs = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    assert {r.path for r in built.records} == inputs
 
 
 def test_a_folder_with_the_demo_variant_is_one_line_naming_the_variant_to_use(tmp_path, capsys):
