@@ -208,3 +208,17 @@ def _cpu_recipe(config: ml_collections.ConfigDict) -> None:
     config.train.eval_every = 200 if level == "note" else 100
     config.train.patience = 0
     config.train.log_every = 50
+
+
+def unread_fields(config: ml_collections.ConfigDict) -> dict[str, str]:
+    """Fields this config's task and options do not read -> what reads them (config_loading refuses
+    overriding them)."""
+    from configs.finetune_data import unread_fields as unread_data_fields  # pylint: disable=import-outside-toplevel
+
+    unread = {f"data.{key}": why for key, why in unread_data_fields(config.data).items()}
+    if not config.train.init_from:
+        why = "read only with train.init_from (a pre-trained encoder)"
+        unread["train.init_step"] = unread["train.model_from_init"] = why
+    if not (config.augment.eval_mask or config.augment.eval_pitch_shift):
+        unread["augment.eval_seed"] = "read only with augment.eval_mask or augment.eval_pitch_shift"
+    return unread

@@ -100,3 +100,28 @@ def get_config(arg: str = "demo_collection") -> ml_collections.ConfigDict:
         if m not in MODIFIERS:
             raise ValueError(f"unknown finetune_data modifier {m!r}; choose from {MODIFIERS}")
     return task_data_config(task, runlocal="runlocal" in modifiers)
+
+
+def unread_fields(config: ml_collections.ConfigDict) -> dict[str, str]:
+    """Fields the task of this data block does not read -> what reads them.
+
+    `midibert_jax.config_loading` refuses an override of one of them in one line (a `root` given to a
+    demo task would otherwise be ignored and the music21 pieces used instead).
+    """
+    task = tasks.get_task(config.task)
+    unread = {}
+    if task.dataset == "demo":
+        unread["root"] = ("the demo tasks read music21's corpus, not a folder: for your MIDI files use the "
+                          "folder_sequence or folder_note task")
+    else:
+        unread["demo"] = "only the demo tasks (demo_melody, demo_collection) read the demo block"
+    if task.level != tasks.NOTE:
+        unread["track_map"] = unread["unmapped_tracks"] = f"only note tasks read it; {task.name} is a sequence task"
+    if task.name != "velocity":
+        unread["blank_velocity"] = ("only the velocity task's labelling reads it (augment.blank_velocity blanks "
+                                    "the input of any task)")
+    if config.split in ("official", "file"):
+        unread["valid_fraction"] = unread["test_fraction"] = (
+            f"split={config.split!r} takes the splits from a list; only split='seeded' (or 'auto' without a "
+            "split.json) reads it")
+    return unread

@@ -120,3 +120,36 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     if "beam" in modifiers:
         config.beam = True
     return config
+
+
+# How to choose the variant that reads a field, in this file's terms (configs/pretrain.py has its own).
+READERS = {
+    "folder": "a folder of MIDI files needs the folder variant: --config configs/prepare.py:folder --config.folder=DIR",
+    "demo": "only the demo corpus reads the demo block (configs/prepare.py:demo)",
+    "beam": "only Beam builds read it: add the beam modifier (e.g. configs/prepare.py:folder,beam)",
+    "reference": "only the reference packing reads it: add the reference modifier (e.g. configs/prepare.py:folder,"
+                 "reference)",
+    "tasks": "only the tasks variant reads it (configs/prepare.py:tasks)",
+}
+
+
+def unread_fields(config: ml_collections.ConfigDict, readers: dict[str, str] | None = None) -> dict[str, str]:
+    """Fields this config's variant does not read -> what reads them.
+
+    `midibert_jax.config_loading` refuses an override of one of them in one line: with the demo
+    variant, `folder` would otherwise build the whole demo corpus. `readers` words the variants for a
+    config that embeds this block (configs/pretrain.py's data=... modifiers); default READERS.
+    """
+    readers = {**READERS, **(readers or {})}
+    unread = {}
+    if config.dataset != "folder":
+        unread["folder"] = readers["folder"]
+    if config.dataset != "demo":
+        unread["demo"] = readers["demo"]
+    if not config.beam:
+        unread["beam_options"] = readers["beam"]
+    if config.packing != "reference":
+        unread["extra_pad_window"] = readers["reference"]
+    if config.dataset != "tasks":  # the fields of the tasks variant, where this file has it
+        unread.update({key: readers["tasks"] for key in ("task_roots", "extra_folders") if key in config})
+    return unread

@@ -24,6 +24,7 @@ import ml_collections
 from configs.model import get_model_config
 from configs.optim import get_optim_config
 from configs.prepare import get_config as get_prepare_config
+from configs.prepare import unread_fields as unread_data_fields
 
 SIZES = ("mini", "tiny", "base", "large")
 
@@ -167,3 +168,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # The model's max_len follows the windows' (a reference: overriding data.max_len changes both).
     config.model.max_len = config.data.get_ref("max_len")
     return config
+
+
+# How to choose the variant that reads a data field, in this file's terms.
+DATA_READERS = {
+    "folder": "a folder of MIDI files needs the data=folder modifier (e.g. configs/pretrain.py:tiny,data=folder)",
+    "demo": "only the demo corpus reads data.demo (the data=demo modifier, the default)",
+    "beam": "only Beam builds read it: set --config.data.beam=True",
+    "reference": "only the reference packing reads it: set --config.data.packing=reference",
+    "tasks": "only the tasks corpus reads it (the data=tasks modifier)",
+}
+# Fields only the adversarial policy reads (the masker, its loss, the mask book).
+ADVERSARIAL_ONLY = ("masking.ratio_min", "masking.ratio_max", "masking.cap", "loss.masker_target_fraction",
+                    "loss.reference_sign_flip", "mask_book")
+
+
+def unread_fields(config: ml_collections.ConfigDict) -> dict[str, str]:
+    """Fields this config's variant does not read -> what reads them (config_loading refuses overriding them)."""
+    unread = {f"data.{key}": why for key, why in unread_data_fields(config.data, DATA_READERS).items()}
+    if config.masking.policy != "adversarial":
+        for key in ADVERSARIAL_ONLY:
+            unread[key] = (f"masking.policy={config.masking.policy!r} has no masker: only the adversarial policy "
+                           "reads it")
+    return unread

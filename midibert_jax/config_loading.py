@@ -5,6 +5,11 @@ another as `configs.<name>`: the folder holding `configs/` is put on sys.path wh
 Overrides use ml_collections' syntax, `--config.train.steps=100`, and are type-checked against
 the field they replace; an unknown key or a value of the wrong type is a `ConfigError` naming
 the key, before anything is built or compiled.
+
+A config file may also say which of its fields the chosen variant leaves unread: a module-level
+`unread_fields(config) -> {dotted key: what reads it}`, evaluated on the config after the overrides.
+Overriding such a field is a `ConfigError` naming the variant to use (`refuse_unread`), so a setting
+never silently does nothing (`--config.folder=DIR` with the demo corpus would build the demo corpus).
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ import importlib.util
 import os
 import pathlib
 import sys
-from typing import Any
+import types
+from typing import Any, Sequence
 
 import ml_collections
 
@@ -38,8 +44,8 @@ def resolve_path(path: str) -> pathlib.Path:
     raise ConfigError(f"config file {path} not found (also looked in {REPO_CONFIGS})")
 
 
-def load_config(spec: str) -> ml_collections.ConfigDict:
-    """`PATH[:ARG]` -> PATH's get_config(ARG), locked (no new keys), as a ConfigDict."""
+def _load(spec: str) -> tuple[ml_collections.ConfigDict, types.ModuleType]:
+    """`PATH[:ARG]` -> (PATH's get_config(ARG), locked; the config module)."""
     path_text, _, arg = spec.partition(":")
     path = resolve_path(path_text)
     root = str(path.resolve().parent.parent)
@@ -57,7 +63,12 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
         if added:
             sys.path.remove(root)
     config.lock()
-    return config
+    return config, module
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """`PATH[:ARG]` -> PATH's get_config(ARG), locked (no new keys), as a ConfigDict."""
+    return _load(spec)[0]
 
 
 def parse_value(text: str, current: Any, key: str) -> Any:
@@ -125,8 +136,30 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
     return rest, overrides
 
 
+def refuse_unread(config: ml_collections.ConfigDict, keys: Sequence[str], spec: str,
+                  module: types.ModuleType | None = None, flag: str = "--config.") -> None:
+    """ConfigError for the first of the overridden `keys` that `spec`'s variant does not read.
+
+    The config file's `unread_fields(config)` says which (see the module docstring); `module` is the
+    loaded config file (loaded from `spec` when not given). `flag` prefixes the key in the message.
+    """
+    if not keys:
+        return
+    module = module or _load(spec)[1]
+    rules = getattr(module, "unread_fields", None)
+    if rules is None:
+        return
+    unread = rules(config)
+    for key in keys:
+        for name, reader in unread.items():
+            if key == name or key.startswith(name + "."):
+                raise ConfigError(f"{flag}{key} is not read by {spec}: {reader}")
+
+
 def load_with_overrides(spec: str, overrides: list[tuple[str, str]]) -> ml_collections.ConfigDict:
-    config = load_config(spec)
+    """load_config(spec), then the `(key, text)` overrides, type-checked and read by the variant."""
+    config, module = _load(spec)
     for key, value in overrides:
         apply_override(config, key, value)
+    refuse_unread(config, [key for key, _ in overrides], spec, module)
     return config

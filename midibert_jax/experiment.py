@@ -29,7 +29,7 @@ import ml_collections
 from etils import epath
 
 from midibert_jax import console, flags, paths
-from midibert_jax.config_loading import ConfigError, apply_override, load_config
+from midibert_jax.config_loading import ConfigError, apply_override, load_config, refuse_unread
 from midibert_jax.experiment_report import ARMS, PROTOCOLS, build_report, machine_info, print_table, write_report
 
 # Keys of the run configs that the experiment sets itself (from the arm, seed, protocol, fraction).
@@ -116,9 +116,12 @@ def flatten(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
-def _apply(config: ml_collections.ConfigDict, values: Any, where: str, managed: Sequence[str]) -> None:
-    """Sets the (nested) `values` on `config`, type-checked; errors name the experiment key `where`."""
-    for key, value in flatten(values):
+def _apply(config: ml_collections.ConfigDict, values: Any, where: str, managed: Sequence[str], spec: str) -> None:
+    """Sets the (nested) `values` on `config` (loaded from `spec`), type-checked; errors name the experiment
+    key `where`. A `data.*` key the variant does not read is refused (`refuse_unread`: no silent wrong
+    dataset); other keys' readers depend on what the experiment sets per arm, so they are not checked here."""
+    items = flatten(values)
+    for key, value in items:
         if key in managed:
             raise ConfigError(f"{where}.{key}: set by the experiment itself (from the arm, seed, protocol or "
                               "fraction); remove it")
@@ -126,6 +129,7 @@ def _apply(config: ml_collections.ConfigDict, values: Any, where: str, managed: 
             apply_override(config, key, value if isinstance(value, str) else repr(value))
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from e
+    refuse_unread(config, [key for key, _ in items if key.startswith("data.")], spec, flag=f"{where}.")
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -178,7 +182,7 @@ def dataset_root(config: ml_collections.ConfigDict, dataset: str, used_by: str) 
 def pretrain_config(config: ml_collections.ConfigDict, arm: str, seed: int) -> ml_collections.ConfigDict:
     """The pre-training config of `arm` ('adversarial' | 'random') and `seed`."""
     pre = load_config(config.pretrain.spec)
-    _apply(pre, config.pretrain.overrides, "pretrain.overrides", PRETRAIN_MANAGED)
+    _apply(pre, config.pretrain.overrides, "pretrain.overrides", PRETRAIN_MANAGED, config.pretrain.spec)
     if pre.masking.policy != "adversarial":
         raise ConfigError(f"pretrain.spec={config.pretrain.spec!r} sets masking.policy={pre.masking.policy!r}: "
                           "give the adversarial arm's config; the random arm adds masking=random to it")
@@ -202,9 +206,9 @@ def finetune_config(config: ml_collections.ConfigDict, spec: str, task: str, arm
     from midibert_jax.train import warm_start  # pylint: disable=import-outside-toplevel
 
     ft = load_config(spec)
-    _apply(ft, config.finetune.overrides, "finetune.overrides", FINETUNE_MANAGED)
-    _apply(ft, config.task_overrides.get(task), f"task_overrides.{task}", FINETUNE_MANAGED)
-    _apply(ft, config.protocol_overrides.get(protocol), f"protocol_overrides.{protocol}", FINETUNE_MANAGED)
+    _apply(ft, config.finetune.overrides, "finetune.overrides", FINETUNE_MANAGED, spec)
+    _apply(ft, config.task_overrides.get(task), f"task_overrides.{task}", FINETUNE_MANAGED, spec)
+    _apply(ft, config.protocol_overrides.get(protocol), f"protocol_overrides.{protocol}", FINETUNE_MANAGED, spec)
     dataset = tasks.get_task(ft.data.task).dataset
     if dataset in (config.get("roots") or {}) and not ft.data.root:
         ft.data.root = dataset_root(config, dataset, f"task {task!r}")
@@ -462,6 +466,15 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str | os.PathLike
     use_compilation_cache()
     the_plan = plan(config, workdir)
     validate(the_plan)
+    from midibert_jax.train import run_lock  # pylint: disable=import-outside-toplevel
+
+    with run_lock.RunLock(paths.resolve(workdir), "experiment"):  # one experiment per folder; each run locks its own
+        return _run_plan(config, workdir, the_plan, say=say, progress=progress, max_runs=max_runs, table=table)
+
+
+def _run_plan(config: ml_collections.ConfigDict, workdir: str | os.PathLike, the_plan: Plan, *,
+              say: Callable[[str], Any], progress: bool, max_runs: int | None, table: bool) -> dict[str, Any]:
+    """run_experiment's runs and report, under the experiment folder's lock."""
     total = len(the_plan.runs)
     todo = the_plan.runs if max_runs is None else the_plan.runs[:max(0, max_runs)]
     if todo:

@@ -116,6 +116,7 @@ class RewriteOnFlush:
         self.path = epath.Path(path)
         self._data = bytearray(self.path.read_bytes() if self.path.exists() else b"")
         self._written = -1  # nothing written yet: the first flush creates the object
+        self._discarded = False
         self.closed = False
 
     def write(self, data: str | bytes) -> int:
@@ -125,7 +126,7 @@ class RewriteOnFlush:
         return len(data)
 
     def flush(self) -> None:
-        if not self.closed and len(self._data) != self._written:
+        if not self.closed and not self._discarded and len(self._data) != self._written:
             self.path.write_bytes(bytes(self._data))
             self._written = len(self._data)
 
@@ -133,6 +134,10 @@ class RewriteOnFlush:
         if not self.closed:
             self.flush()
             self.closed = True
+
+    def discard(self) -> None:
+        """From now on writes nothing, not even what is pending (the object is someone else's now)."""
+        self._discarded = True
 
     def __enter__(self) -> "RewriteOnFlush":
         return self

@@ -121,3 +121,25 @@ def test_accelerator_check_smoke_writes_its_figures(tmp_path):
     assert result["dtype"] == "bfloat16" and result["finite"]
     assert result["tokens_per_s"] == pytest.approx(result["batch"] * result["length"] / result["step_s"])
     assert result["mfu"] is None and "MFU" in proc.stdout  # no peak rate is known for a CPU: omitted, with a message
+
+
+def test_bench_corpus_build_accounts_for_every_file_and_names_the_corrupt_ones(tmp_path):
+    """A few dozen variants of real songs (../shared/data) plus corrupt files, built by the default path."""
+    import bench_corpus_build
+
+    out = tmp_path / "corpus.json"
+    assert bench_corpus_build.main(["--sizes", "24", "--paths", "default", "--max-songs", "6", "--corrupt-every", "6",
+                                    "--workers", "1", "--cache", str(tmp_path / "cache"), "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["builds"]
+    folder = tmp_path / "cache" / "corpus_24"
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    assert row["inputs"] == len(files) == 24 + 4 + 1  # variants, one corrupt file of each kind, the README
+    counts = row["manifest"]
+    assert counts["ok"] + counts["skipped"] + counts["duplicate"] + counts["ignored"] == row["inputs"]
+    assert row["accounted"]
+    assert counts == {"ok": 24, "skipped": 4, "duplicate": 0, "ignored": 1}  # every variant is distinct and readable
+    assert sorted(row["corrupt_files"]) == [f for f in files if f.startswith("corrupt/")]
+    assert all(r["status"] == "skipped" and r["reason"] for r in row["corrupt_files"].values())
+    assert row["files_per_s"] > 0 and row["parent_peak_rss_mib"] > 0 and row["shards"]["count"] >= 1
+    beam = bench_corpus_build.build_config(folder, tmp_path / "tfds", "beam", 2)
+    assert beam["beam"] and "--direct_num_workers=2" in beam["beam_options"]

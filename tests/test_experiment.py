@@ -226,7 +226,7 @@ def test_task_data_variants_take_one_root_per_dataset_and_validate(variant, tmp_
         config.roots[dataset] = root
     config.pretrain.extra_folders = ("/data/POP1K7",)
     plan = experiment.plan(config, tmp_path)
-    experiment._validate(plan)  # every run's config passes the trainers' own validation
+    experiment.validate(plan)  # every run's config passes the trainers' own validation
     paper = variant.startswith("paper")
     sources = set(roots) if paper else {"pop909"}
     for run in plan.pretrain:

@@ -1,7 +1,9 @@
 """Preemption through the real command: `midibert-jax pretrain` killed (SIGKILL) at random steps
-several times in a row, or asked to stop (SIGTERM), and rerun each time, ends with exactly the
-per-step losses, evaluations and mask-book statistics of an uninterrupted run."""
+several times in a row (each rerun taking over the dead run's lock), or asked to stop (SIGTERM), and
+rerun each time, ends with exactly the per-step losses, evaluations and mask-book statistics of an
+uninterrupted run."""
 
+import json
 import pathlib
 import signal
 import subprocess
@@ -61,11 +63,16 @@ def test_repeated_sigkill_at_random_steps_then_resume_is_exact(setup):
     workdir = root / "killed"
     rng = np.random.default_rng(0)
     kills = sorted(int(s) for s in rng.choice(np.arange(2, STEPS - 1), size=3, replace=False))
-    for step in kills:
+    killed = []
+    for i, step in enumerate(kills):
         code, out = _run_until(workdir, overrides, env, step, signal.SIGKILL)
         assert code == -signal.SIGKILL, out[-2000:]
+        if i:  # the killed run's lock is taken over, with one line naming it
+            assert f"taking over the run lock of {workdir} from pid {killed[-1]} " in out, out[-2000:]
+        killed.append(int(json.loads((workdir / ".run.lock").read_text())["pid"]))
     final = subprocess.run(ph.pretrain_command(workdir, overrides), env=env, capture_output=True, text=True, timeout=900)
     assert final.returncode == 0, final.stderr[-3000:]
+    assert f"taking over the run lock of {workdir} from pid {killed[-1]} " in final.stderr
     assert "resumed at step" in final.stdout
     assert _records(workdir) == _records(root / "straight")
 

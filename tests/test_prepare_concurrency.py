@@ -10,6 +10,7 @@ import json
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -18,7 +19,7 @@ import time
 import pytest
 
 from conftest import TEST_MAX_LEN
-from midibert_jax import cli, config_loading
+from midibert_jax import cli, config_loading, locks
 from midibert_jax.commands import prepare as prepare_command
 from midibert_jax.data import dataset_lock, prepare
 from midibert_jax.data.errors import DatasetBusyError
@@ -168,11 +169,11 @@ def test_without_flock_a_dead_holders_lock_file_is_taken_over(tmp_path, monkeypa
     def no_flock(fd, op):
         raise OSError(errno.ENOLCK, "no locks on this filesystem")
 
-    monkeypatch.setattr(dataset_lock.fcntl, "flock", no_flock)
+    monkeypatch.setattr(locks.fcntl, "flock", no_flock)
     dataset_dir = tmp_path / "ds" / "cfg" / "1.0.0"
     lock_file = dataset_lock.lock_path(dataset_dir)
     lock_file.parent.mkdir(parents=True)
-    holder = {"pid": _dead_pid(), "host": dataset_lock.socket.gethostname(), "since": "earlier"}
+    holder = {"pid": _dead_pid(), "host": socket.gethostname(), "since": "earlier"}
     lock_file.write_text(json.dumps(holder))
     with dataset_lock.DatasetLock(dataset_dir, timeout=5) as lock:
         assert not lock.waited and json.loads(lock_file.read_text())["pid"] == os.getpid()

@@ -1,11 +1,13 @@
 """`midibert-jax prepare`: build a TFDS dataset (the music21 demo corpus or a MIDI folder).
 
     midibert-jax prepare                                             # the demo corpus, configs/prepare.py:demo
-    midibert-jax prepare --config configs/prepare.py:folder --config.folder=/data/my_midis
+    midibert-jax prepare --config.folder=/data/my_midis              # your folder, configs/prepare.py:folder
     midibert-jax prepare --config configs/prepare.py:demo,runlocal --config.max_len=128
 
-Settings come from configs/prepare.py (`--config PATH:ARG`), then `--config.KEY=VALUE`
-overrides (dotted keys, e.g. `--config.demo.max_pieces=300`), type-checked against the field.
+Settings come from configs/prepare.py (`--config PATH:ARG`; without it, the folder variant when
+`--config.folder` is given, else the demo variant), then `--config.KEY=VALUE` overrides (dotted
+keys, e.g. `--config.demo.max_pieces=300`), type-checked against the field; a field the variant
+does not read (`folder` with `:demo`, `beam_options` without `beam`) is refused in one line.
 Prints the build summary (files ok / skipped / duplicate / ignored, pieces, windows, notes per
 split); the manifest of every input file is written beside the shards. A dataset another
 process is building is waited for and reused (see `midibert_jax.data.prepare`).
@@ -23,9 +25,10 @@ DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "prep
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
-        default=f"{DEFAULT_CONFIG}:demo",
-        help="config file and its argument, PATH[:ARG] (default: configs/prepare.py:demo); "
-        "override any field with --config.KEY=VALUE, e.g. --config.folder=DIR --config.max_len=512",
+        default=None,
+        help="config file and its argument, PATH[:ARG] (default: configs/prepare.py:folder when --config.folder "
+        "is given, else configs/prepare.py:demo); override any field with --config.KEY=VALUE, e.g. "
+        "--config.folder=DIR --config.max_len=512",
     )
 
 
@@ -33,10 +36,11 @@ def resolve_config(args: argparse.Namespace):
     """The config after --config and the --config.KEY=VALUE overrides (ConfigError on a bad one)."""
     from midibert_jax import config_loading  # pylint: disable=import-outside-toplevel
 
-    config = config_loading.load_config(args.config)
-    for key, text in getattr(args, "config_overrides", []):
-        config_loading.apply_override(config, key, text)
-    return config
+    overrides = list(getattr(args, "config_overrides", []))
+    spec = args.config
+    if spec is None:
+        spec = f"{DEFAULT_CONFIG}:{'folder' if any(key == 'folder' for key, _ in overrides) else 'demo'}"
+    return config_loading.load_with_overrides(spec, overrides)
 
 
 def run(args: argparse.Namespace) -> int:

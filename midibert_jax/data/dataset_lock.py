@@ -3,15 +3,12 @@
     with DatasetLock(dataset_dir, timeout=0):     # waits while another process builds it
         if not is_complete(dataset_dir): ...      # build, then mark_complete(dataset_dir)
 
-The lock is a file next to the dataset (``<data_dir>/<name>/<config>/.<version>.lock``):
-* Local disks: `fcntl.flock`. The kernel drops the lock when its holder exits, SIGKILL
-  included, so a dead holder never blocks anyone. The holder writes its pid, host and start
-  time into the file; a waiting process prints them.
-* A filesystem without flock: the file is created exclusively instead; a file whose holder
-  pid is gone on this host is stale and taken over.
-* Cloud paths (gs://...): object stores offer neither, so there is no lock. A jax.distributed
-  run is still safe (process 0 builds first, `data.prepare`); separate runs sharing a gs://
-  data_dir should build the dataset once first (`midibert-jax prepare`).
+The lock is a `locks.FileLock` next to the dataset (``<data_dir>/<name>/<config>/.<version>.lock``):
+on local disks flock (a dead holder never blocks anyone), else an exclusive file whose dead
+holder's record is taken over (see `midibert_jax.locks`). A waiting process prints the holder's
+pid, host and start time. Cloud paths (gs://...) are not locked here: a jax.distributed run is
+still safe (process 0 builds first, `data.prepare`); separate runs sharing a gs:// data_dir
+should build the dataset once first (`midibert-jax prepare`).
 
 A dataset is complete when it holds the marker `prepare` writes after a build
 (`COMPLETE_MARKER`), or, on a local disk where TFDS's final rename is atomic, TFDS's
@@ -20,18 +17,14 @@ A dataset is complete when it holds the marker `prepare` writes after a build
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
 import json
 import os
-import socket
 import sys
 import time
-from typing import Any
 
 from etils import epath
 
+from midibert_jax import locks
 from midibert_jax.data.errors import DatasetBusyError
 
 COMPLETE_MARKER = "prepared.json"
@@ -41,9 +34,7 @@ BUILD_FILES = ("dataset_info.json", "build_summary.json")
 POLL_SECONDS = 0.5
 
 
-def is_local(path: epath.PathLike) -> bool:
-    """True for a path on this machine's filesystems (not gs://, s3://, ...)."""
-    return "://" not in os.fspath(path)
+is_local = locks.is_local
 
 
 def lock_path(dataset_dir: epath.PathLike) -> epath.Path:
@@ -61,7 +52,7 @@ def is_complete(dataset_dir: epath.PathLike) -> bool:
 
 def mark_complete(dataset_dir: epath.PathLike) -> None:
     """Writes the completion marker (who built the dataset, and when)."""
-    (epath.Path(dataset_dir) / COMPLETE_MARKER).write_text(json.dumps(_holder(), sort_keys=True) + "\n")
+    (epath.Path(dataset_dir) / COMPLETE_MARKER).write_text(json.dumps(locks.holder_record(), sort_keys=True) + "\n")
 
 
 def incomplete_builds(dataset_dir: epath.PathLike) -> list[epath.Path]:
@@ -71,34 +62,6 @@ def incomplete_builds(dataset_dir: epath.PathLike) -> list[epath.Path]:
         return []
     return sorted(p for p in dataset_dir.parent.iterdir()
                   if p.name.startswith("incomplete.") and p.name.endswith(f"_{dataset_dir.name}"))
-
-
-def _holder() -> dict[str, Any]:
-    return {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
-
-
-def _read_holder(path: str) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.loads(f.read() or "{}")
-    except (OSError, ValueError):
-        return {}
-
-
-def describe_holder(holder: dict[str, Any]) -> str:
-    if not holder:
-        return "another process"
-    return f"pid {holder.get('pid', '?')} on {holder.get('host', '?')} (since {holder.get('since', '?')})"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class DatasetLock:
@@ -113,68 +76,27 @@ class DatasetLock:
         self.path = os.fspath(lock_path(dataset_dir))
         self.timeout = timeout
         self.out = out if out is not None else sys.stderr
-        self._fd: int | None = None
-        self._exclusive_file = False
+        self._lock = locks.FileLock(self.path, what=f"building {self.dataset_dir}")
         self.waited = False
 
     def __enter__(self) -> "DatasetLock":
         if not is_local(self.dataset_dir):
             return self
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
         start = time.monotonic()
-        while not self._try_acquire():
-            holder = _read_holder(self.path)
+        while not self._lock.try_acquire():
+            holder = self._lock.holder
             waited = time.monotonic() - start
             if self.timeout and waited >= self.timeout:
                 raise DatasetBusyError(
-                    f"dataset {self.dataset_dir} is being built by {describe_holder(holder)}; gave up after "
+                    f"dataset {self.dataset_dir} is being built by {locks.describe_holder(holder)}; gave up after "
                     f"{waited:.0f} s (data.lock_timeout={self.timeout:g}; lock file {self.path})"
                 )
-            # The holder writes its name just after locking: give it a moment before saying "another process".
-            if not self.waited and (holder or waited > 2 * POLL_SECONDS):
+            if not self.waited:
                 self.waited = True
-                print(f"Waiting for {describe_holder(holder)}, which is building {self.dataset_dir} "
+                print(f"Waiting for {locks.describe_holder(holder)}, which is building {self.dataset_dir} "
                       f"(lock file {self.path}); its dataset will be reused.", file=self.out, flush=True)
             time.sleep(POLL_SECONDS)
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._fd is None:
-            return
-        if self._exclusive_file:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
-        else:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-        os.close(self._fd)
-        self._fd = None
-
-    def _try_acquire(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            os.close(fd)
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                return False
-            return self._try_exclusive_file()  # a filesystem without flock
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps(_holder(), sort_keys=True).encode())
-        os.fsync(fd)
-        self._fd = fd
-        return True
-
-    def _try_exclusive_file(self) -> bool:
-        """The fallback lock: the lock file's content names its holder; a dead holder's file is removed."""
-        holder = _read_holder(self.path)
-        stale = holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", 0) or 0))
-        if stale or not holder:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            return False
-        os.write(fd, json.dumps(_holder(), sort_keys=True).encode())
-        self._fd, self._exclusive_file = fd, True
-        return True
+        self._lock.release()

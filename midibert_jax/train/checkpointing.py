@@ -34,7 +34,7 @@ import functools
 import importlib.metadata
 import json
 import logging
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
@@ -153,6 +153,7 @@ class Checkpointer:
         best_mode: str = "max",
         async_save: bool = True,
         items: Mapping[str, str] | None = None,
+        before_save: Callable[[], None] | None = None,
     ):
         """
         Args:
@@ -163,10 +164,13 @@ class Checkpointer:
           best_metric: key of the `metrics` dict passed to `save` that ranks steps; the best one is kept too.
           best_mode: "max" or "min" for best_metric.
           async_save: write in a background thread.
+          before_save: called by `save` first, on every process (the run lock's `verify`: it raises
+            instead of a save into a folder this run no longer holds).
         """
         if best_mode not in ("max", "min"):
             raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
         self.best_metric = best_metric
+        self.before_save = before_save
         policies: list[ocp.checkpoint_managers.PreservationPolicy] = [ocp.checkpoint_managers.LatestN(n=keep_last)]
         best_fn = None
         if best_metric is not None:
@@ -226,6 +230,8 @@ class Checkpointer:
         """
         if set(items) != set(self.items):
             raise ValueError(f"save({step}) got items {sorted(items)}, this checkpointer saves {sorted(self.items)}")
+        if self.before_save is not None:
+            self.before_save()
         if step in self._manager.all_steps():
             return False
         args = {name: self._save_arg(name, value) for name, value in items.items()}

@@ -40,7 +40,7 @@ from midibert_jax.config_loading import ConfigError
 from midibert_jax.data import pipeline
 from midibert_jax.model import models
 from midibert_jax.train import augment, checkpointing, classification_metrics, hooks, loop, masking, metrics
-from midibert_jax.train import nonfinite, optim, warm_start
+from midibert_jax.train import nonfinite, optim, run_lock, warm_start
 from midibert_jax.train import trainer as trainer_lib
 from midibert_jax.train.preemption import PreemptionGuard
 from midibert_jax.train.state import TrainState
@@ -345,6 +345,14 @@ def train_and_evaluate(
             "or add the 'scratch' modifier (e.g. configs/finetune.py:melody,scratch) to train from scratch"
         )
     config_validation.validate(config, num_devices=jax.device_count(), num_processes=jax.process_count())
+    with run_lock.RunLock(workdir, "finetune") as lock:  # before any data is built or any checkpoint read
+        return _train(config, workdir, lock, data=data, task=task, wrap_step=wrap_step, verbose=verbose)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, lock: run_lock.RunLock, *, data: Data | None,
+           task: TaskInfo | None, wrap_step, verbose: bool) -> dict[str, Any]:
+    """train_and_evaluate's run, in `workdir` whose `lock` this process holds."""
+    resuming = _has_checkpoint(workdir)  # again: another run may have saved before this one took the lock
     if data is None:
         data = load_data(config, splits=("train", "validation"))
     task = task or task_info(config, data.dataset_dir)
@@ -365,7 +373,7 @@ def train_and_evaluate(
     write_run_files(workdir, cfg)
     ckpt = checkpointing.Checkpointer(
         os.path.join(workdir, paths.CHECKPOINTS), save_every=eval_every, keep_last=cfg.train.keep_checkpoints,
-        best_metric=BEST_METRIC, best_mode="max", items=ITEMS,
+        best_metric=BEST_METRIC, best_mode="max", items=ITEMS, before_save=lock.verify,
     )
     writer = metrics.MetricsWriter(workdir)
     guard = PreemptionGuard().install()
@@ -430,6 +438,7 @@ def train_and_evaluate(
                 ctx.stop = "early"
 
         schedule = [
+            hooks.run_lock(lock),
             hooks.log_train(writer, cfg.train.log_every, schedule=trainer.schedule,
                             steps_per_epoch=plan.steps_per_epoch, start=start, bar=bar),
             hooks.progress(bar),
@@ -449,4 +458,7 @@ def train_and_evaluate(
         guard.uninstall()
         ckpt.wait()
         ckpt.close()
-        writer.close()
+        if lock.lost:
+            writer.abandon()
+        else:
+            writer.close()

@@ -1,4 +1,4 @@
-"""Hooks of the training loop shared by both objectives: log, checkpoint, preemption, progress bar.
+"""Hooks of the training loop shared by both objectives: log, checkpoint, preemption, progress bar, run lock.
 
 Each returns a `loop.Hook`; an objective adds its own (evaluation, mask-book refresh, early stop).
 """
@@ -62,3 +62,12 @@ def preemption(guard, save_now: Callable[[Context], Any], say: Callable[[str], A
         ctx.stop = "preempted"
 
     return Hook(fn, when=guard.should_stop)
+
+
+def run_lock(lock) -> Hook:
+    """Before the other hooks of every step (put it first): stop once this run no longer holds its folder.
+
+    `lock` is a `run_lock.RunLock`; its `verify` raises `RunLockLostError` (on every process).
+    Reads nothing of the step: no finite check, no wait for the device.
+    """
+    return Hook(lambda ctx: lock.verify(fresh=False), every=1, checked=False)

@@ -26,19 +26,23 @@ from midibert_jax import console, paths
 class _EpathEventFiles:
     """A tensorboardX writer factory for URL schemes: event files written through epath."""
 
+    def __init__(self):
+        self.opened: list[paths.RewriteOnFlush] = []
+
     def open(self, path: str) -> paths.RewriteOnFlush:
-        return paths.RewriteOnFlush(path)
+        self.opened.append(paths.RewriteOnFlush(path))
+        return self.opened[-1]
 
     def directory_check(self, path: str) -> None:
         del path  # object stores have no folders to create
 
 
-def _tensorboard_writer(logdir: str):
-    """A tensorboardX SummaryWriter on `logdir`, local or a URL (its scheme routed through epath)."""
+def _tensorboard_writer(logdir: str, files: _EpathEventFiles):
+    """A tensorboardX SummaryWriter on `logdir`, local or a URL (its scheme routed through `files`)."""
     from tensorboardX import SummaryWriter, record_writer  # pylint: disable=import-outside-toplevel
 
     if paths.is_url(logdir):
-        record_writer.register_writer_factory(logdir.split("://", 1)[0], _EpathEventFiles())
+        record_writer.register_writer_factory(logdir.split("://", 1)[0], files)
     # Event files are named by the second they are opened in; a run resumed within that second
     # would otherwise reopen (and on an object store, overwrite) the previous writer's file.
     return SummaryWriter(logdir, filename_suffix=f".{os.getpid()}.{time.time_ns()}")
@@ -55,11 +59,12 @@ class MetricsWriter:
         """enabled: defaults to `jax.process_index() == 0`."""
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self._tb = None
+        self._tb_files = _EpathEventFiles()
         self._jsonl = None
         if self.enabled:
             root = paths.resolve(workdir)
             root.mkdir(parents=True, exist_ok=True)
-            self._tb = _tensorboard_writer(os.fspath(root / paths.TENSORBOARD_DIR))
+            self._tb = _tensorboard_writer(os.fspath(root / paths.TENSORBOARD_DIR), self._tb_files)
             self._jsonl = paths.open_append(root / paths.METRICS_FILE)
 
     def write(self, step: int, scalars: Mapping[str, Any]) -> None:
@@ -80,6 +85,20 @@ class MetricsWriter:
 
     def close(self) -> None:
         if self.enabled:
+            self._tb.close()
+            self._jsonl.close()
+            self.enabled = False
+
+    def abandon(self) -> None:
+        """Stops writing without a last flush: the run lost its folder to another run.
+
+        A bucket's files are rewritten whole on flush (`paths.RewriteOnFlush`), which would
+        overwrite the new run's; a local file here is this run's own (appends go to its inode).
+        """
+        if self.enabled:
+            for f in [self._jsonl, *self._tb_files.opened]:
+                if isinstance(f, paths.RewriteOnFlush):
+                    f.discard()
             self._tb.close()
             self._jsonl.close()
             self.enabled = False

@@ -29,6 +29,7 @@ from midibert_jax.data import pipeline
 from midibert_jax.model import models
 from midibert_jax.tokenizer import vocab
 from midibert_jax.train import checkpointing, hooks, loop, losses, mask_book, masking, metrics, nonfinite, optim
+from midibert_jax.train import run_lock
 from midibert_jax.train import trainer as trainer_lib
 from midibert_jax.train.preemption import PreemptionGuard
 from midibert_jax.train.state import TrainState
@@ -244,10 +245,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     `wrap_step(step)` and `wrap_batches(batches, start_step)` let tests change the pure train step
     and the host batches the loop sees.
     """
-    cfg = config
-    config_validation.validate(cfg, num_devices=jax.device_count(), num_processes=jax.process_count())
+    config_validation.validate(config, num_devices=jax.device_count(), num_processes=jax.process_count())
     root = paths.resolve(workdir)  # absolute for local folders (orbax needs them), URLs as they are
     root.mkdir(parents=True, exist_ok=True)
+    with run_lock.RunLock(root, "pretrain") as lock:  # before any data is built or any checkpoint read
+        return _train(config, root, lock, wrap_step, wrap_batches)
+
+
+def _train(cfg: ml_collections.ConfigDict, root, lock: run_lock.RunLock, wrap_step, wrap_batches) -> dict[str, Any]:
+    """train_and_evaluate's run, in the workdir `root` whose `lock` this process holds."""
     workdir = os.fspath(root)
     data = load_data(cfg.data)
     trainer = Trainer(cfg, wrap_step=wrap_step)
@@ -261,6 +267,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     ckpt = checkpointing.Checkpointer(
         os.fspath(root / paths.CHECKPOINTS), save_every=cfg.train.checkpoint_every,
         keep_last=cfg.train.keep_checkpoints, best_metric=BEST_METRIC, best_mode="max", items=ITEMS,
+        before_save=lock.verify,
     )
     book_target = np.zeros((num_windows, cfg.model.max_len // 8), np.uint8)
 
@@ -323,6 +330,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
         log_extra = (lambda ctx: {"train/mask/frozen_fraction": frozen_fraction()}) if run["book"] is not None else None
         schedule = [
+            hooks.run_lock(lock),
             hooks.log_train(writer, cfg.train.log_every, schedule=trainer.schedule, steps_per_epoch=plan.steps_per_epoch,
                             start=start, bar=bar, tokens_per_step=cfg.data.batch_size * cfg.model.max_len,
                             rate=console.RateMeter(cfg.train.steps, initial=start), extra=log_extra),
@@ -345,7 +353,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         guard.uninstall()
         ckpt.wait()
         ckpt.close()
-        writer.close()
+        if lock.lost:
+            writer.abandon()
+        else:
+            writer.close()
     if ctx.stop == "preempted":
         return {"preempted_at": ctx.step, **ctx.last_eval}
     return ctx.last_eval
