@@ -132,6 +132,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if "quick" in modifiers:
         config.seeds = (0,)
         config.fractions = (1.0,)
+        if variant in ("pop909", "paper") and not tpu:  # a first look in the time the docs state
+            config.pretrain.overrides.train.update({"steps": 150, "eval_every": 75, "checkpoint_every": 75})
+            config.finetune.overrides.train.update({"steps": 200 if variant == "pop909" else 150, "eval_every": 50})
     return config
 
 
@@ -175,5 +178,5 @@ def _budget(config: ml_collections.ConfigDict, tpu: bool) -> None:
     pre.train = ml_collections.ConfigDict({"steps": 600, "eval_every": 150, "checkpoint_every": 150})
     pre.optim = ml_collections.ConfigDict({"learning_rate": 5e-4, "warmup_steps": 50})
     config.finetune.overrides.train = ml_collections.ConfigDict(
-        {"epochs": 0, "steps": 400, "eval_every": 100, "patience": 0})
+        {"epochs": 0, "steps": 300, "eval_every": 100, "patience": 0})
     config.protocol_overrides.finetune.optim.learning_rate = 1e-3
