@@ -302,12 +302,19 @@ def _prepare(argv):
 
 
 def test_prepare_command_builds_a_folder_and_reuses_it(midi_corpus, tmp_path, capsys):
-    folder, _ = midi_corpus
+    folder, expected = midi_corpus
     argv = ["--config", f"{prepare.DEFAULT_CONFIG}:folder", f"--config.folder={folder}", f"--config.data_dir={tmp_path}",
             "--config.progress=False", "--config.num_workers=2", "--config.max_len=16", "--config.valid_fraction=0.2"]
     assert _prepare(argv) == 0
     out = capsys.readouterr().out
-    assert "ok 9, skipped 4, duplicate 1, ignored 1" in out and "skipped broken/" in out
+    assert "ok 9, skipped 4, duplicate 1, ignored 1" in out
+    # Every file left out is named, with its status, kind and reason.
+    left_out = [line for line in out.splitlines()
+                if line.startswith(("  skipped ", "  duplicate ", "  ignored ")) and " by reason: " not in line]
+    named = {line.split(": ", 1)[0].split()[-1] for line in left_out}
+    assert named == {path for path, status in expected.items() if status != "ok"}
+    assert "  duplicate copies/same_as_piece_00.mid: identical to b/piece_00.mid" in out
+    assert "  ignored (extension) README.txt: extension not in" in out and "  skipped (" in out
     assert "piece16-v20-s0" in out
     assert _prepare(argv) == 0
     assert "Reusing" in capsys.readouterr().out

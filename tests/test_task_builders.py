@@ -358,7 +358,8 @@ def test_bad_inputs_are_typed_errors_that_name_the_problem(tmp_path):
         prepare.prepare(data_config("folder_sequence", one, tmp_path / "tfds"))
     wrong = tmp_path / "wrong"
     make_label_folder(wrong, labels=("a", "b"), per_label=1)
-    with pytest.raises(errors.DatasetLayoutError, match=r"no usable MIDI files(.|\n)*Clayderman_<title>"):
+    with pytest.raises(errors.DatasetLayoutError, match=r"no usable MIDI file in .*wrong \(2 file\(s\), none usable: "
+                                                         r"a/a_0.mid \('a' is not a composer(.|\n)*Clayderman_<title>"):
         prepare.prepare(data_config("composer", wrong, tmp_path / "tfds"))
     unlisted = tmp_path / "unlisted"
     midi_factory.write_piece(unlisted / "Bethel" / "Bethel_Unknown.mid")

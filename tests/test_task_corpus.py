@@ -10,7 +10,6 @@ by song id or by content.
 from __future__ import annotations
 
 import hashlib
-import json
 import pathlib
 import shutil
 
@@ -19,14 +18,9 @@ import pytest
 from conftest import shared_data
 from midibert_jax.config_loading import load_config
 from midibert_jax.data import manifest, prepare
-from midibert_jax.data.builders import task_base, task_corpus
+from midibert_jax.data.builders import task_corpus
 from midibert_jax.data.errors import DatasetConfigError
-
-SPLITS = json.loads(pathlib.Path(task_base.OFFICIAL_SPLITS_PATH).read_text())
-
-
-def _pick(dataset: str, split: str, n: int, prefix: str = "") -> list[str]:
-    return [p for p in SPLITS[dataset][split] if p.startswith(prefix)][:n]
+from real_tasks import copy_release, inner_path, listed, midi_folder
 
 
 def sha(path: pathlib.Path) -> str:
@@ -36,37 +30,24 @@ def sha(path: pathlib.Path) -> str:
 @pytest.fixture(scope="module")
 def roots(tmp_path_factory) -> dict[str, pathlib.Path]:
     base = tmp_path_factory.mktemp("task_roots")
+    roots = {"pop909": base / "POP909", "pianist8": base / "Pianist8", "emopia": base / "EMOPIA_1.0"}
     chosen = {}
-    pop = base / "POP909"
-    for split, n in (("train", 3), ("valid", 1), ("test", 1)):
-        for name in _pick("pop909", split, n):
-            song = name[:-4]
-            (pop / song).mkdir(parents=True)
-            shutil.copy(shared_data("POP909", song, name), pop / song / name)
-            chosen[f"pop909/{song}/{name}"] = split
-    piano = base / "Pianist8" / "midi"
-    for split, n in (("train", 2), ("valid", 1), ("test", 1)):
-        for rel in _pick("pianist8", split, n, "Hisaishi/"):
-            (piano / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(shared_data("Pianist8", "midi", rel), piano / rel)
-            chosen[f"pianist8/{rel}"] = split
-    emopia = base / "EMOPIA_1.0" / "midis"
-    emopia.mkdir(parents=True)
-    for split, n in (("train", 2), ("valid", 1), ("test", 1)):
-        for name in _pick("emopia", split, n, "Q3"):
-            shutil.copy(shared_data("EMOPIA_1.0", "midis", name), emopia / name)
-            chosen[f"emopia/{name}"] = split
+    for dataset, prefix, counts in (("pop909", "", (3, 1, 1)), ("pianist8", "Hisaishi/", (2, 1, 1)),
+                                    ("emopia", "Q3", (2, 1, 1))):
+        for split, n in zip(("train", "valid", "test"), counts):
+            names = listed(dataset, split, n, prefix)
+            copy_release(roots[dataset], dataset, names)
+            chosen.update({f"{dataset}/{inner_path(dataset, name)}": split for name in names})
     extra = base / "extra"
     extra.mkdir()
     shutil.copy(shared_data("POP1K7", "midi_synchronized", "src_001", "0.mid"), extra / "cover0.mid")
-    test_song = _pick("pop909", "test", 1)[0]
-    shutil.copy(pop / test_song[:-4] / test_song, extra / "renamed_copy_of_a_test_song.mid")
-    valid_piece = _pick("pianist8", "valid", 1, "Hisaishi/")[0]
-    shutil.copy(piano / valid_piece, extra / "copy_of_a_validation_piece.mid")
-    train_clip = _pick("emopia", "train", 1, "Q3")[0]
-    shutil.copy(emopia / train_clip, extra / "copy_of_a_training_clip.mid")
-    return {"pop909": pop, "pianist8": base / "Pianist8", "emopia": base / "EMOPIA_1.0", "extra": extra,
-            "chosen": chosen}
+    test_song = inner_path("pop909", listed("pop909", "test", 1)[0])
+    shutil.copy(roots["pop909"] / test_song, extra / "renamed_copy_of_a_test_song.mid")
+    valid_piece = listed("pianist8", "valid", 1, "Hisaishi/")[0]
+    shutil.copy(midi_folder(roots["pianist8"], "pianist8") / valid_piece, extra / "copy_of_a_validation_piece.mid")
+    train_clip = listed("emopia", "train", 1, "Q3")[0]
+    shutil.copy(midi_folder(roots["emopia"], "emopia") / train_clip, extra / "copy_of_a_training_clip.mid")
+    return {**roots, "extra": extra, "chosen": chosen}
 
 
 def corpus_config(roots, data_dir, **task_roots):
@@ -158,30 +139,4 @@ def test_one_task_alone_and_bad_roots(roots, tmp_path):
 
 def _root_path(roots, manifest_path: str) -> pathlib.Path:
     source, rel = manifest_path.split("/", 1)
-    return {"pop909": roots["pop909"], "pianist8": roots["pianist8"] / "midi", "emopia": roots["emopia"] / "midis"}[source] / rel
-
-
-def test_pop909_bad_inputs_are_reported_by_name(tmp_path, capsys):
-    """Real songs, one without its MELODY track, a non-song MIDI, and most listed songs missing."""
-    import pretty_midi
-
-    from midibert_jax import cli
-
-    root = tmp_path / "POP909"
-    songs = _pick("pop909", "train", 2) + _pick("pop909", "valid", 1) + _pick("pop909", "test", 1)
-    for name in songs:
-        (root / name[:-4]).mkdir(parents=True)
-        shutil.copy(shared_data("POP909", name[:-4], name), root / name[:-4] / name)
-    no_melody = root / songs[1][:-4] / songs[1]
-    pm = pretty_midi.PrettyMIDI(str(no_melody))
-    pm.instruments = [i for i in pm.instruments if i.name.upper() != "MELODY"]
-    pm.write(str(no_melody))
-    shutil.copy(shared_data("POP1K7", "midi_synchronized", "src_001", "1.mid"), root / "bonus_track.mid")
-    code = cli.main(["prepare", "--config", "configs/finetune_data.py:melody", f"--config.root={root}",
-                     f"--config.data_dir={tmp_path / 'tfds'}", "--config.max_len=128", "--config.progress=False"])
-    out = capsys.readouterr().out
-    assert code == 0
-    assert f"skipped {songs[1][:-4]}/{songs[1]}: no MELODY track with notes (tracks: ['BRIDGE', 'PIANO'])" in out
-    assert "bonus_track.mid: not a POP909 song file" in out
-    assert "861 of the 865 files of MidiBERT-Piano's official split lists are not in" in out
-    assert "ok 3, skipped 1, duplicate 0, ignored 1" in out
+    return midi_folder(roots[source], source) / rel

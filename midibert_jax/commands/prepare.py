@@ -44,7 +44,8 @@ def resolve_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from midibert_jax.data import dataset_lock, manifest, prepare  # pylint: disable=import-outside-toplevel
+    from midibert_jax.data import dataset_lock, manifest, prepare, tasks  # pylint: disable=import-outside-toplevel
+    from midibert_jax.data.builders import task_base  # pylint: disable=import-outside-toplevel
 
     config = resolve_config(args)
     dataset_dir = prepare.make_builder(config).data_path
@@ -56,7 +57,10 @@ def run(args: argparse.Namespace) -> int:
     summary = built.summary()
     summary["data_dir"] = os.fspath(dataset_dir)
     print(manifest.format_summary(summary))
-    for line in manifest.left_out_lines(built.records, limit=10):
+    left_out = manifest.left_out_lines(built.records, limit=10)
+    if prepare.is_task_config(config):
+        left_out += task_base.missing_lines(tasks.load_task_info(dataset_dir), limit=10)
+    for line in left_out:
         print(f"  {line}")
     print(f"  manifest: {dataset_dir / manifest.MANIFEST_FILENAME}")
     return 0

@@ -210,18 +210,32 @@ def summary_line(summary: dict[str, Any]) -> str:
             f"(per file: {MANIFEST_FILENAME}, totals: {SUMMARY_FILENAME})")
 
 
-def left_out_lines(records: Sequence[FileRecord], limit: int = 20) -> list[str]:
-    """What a build left out, by name (for command output): `skipped PATH: reason` for the first `limit`
-    skipped files, then per kind of ignored file its count and one example with the reason."""
-    skipped = [f"skipped {r.path}: {r.reason}" for r in records if r.status == "skipped"]
-    if len(skipped) > limit:
-        skipped = skipped[:limit] + [f"... and {len(skipped) - limit} more skipped (see {MANIFEST_FILENAME})"]
-    kinds: dict[str, list[FileRecord]] = {}
+def bounded(lines: Sequence[str], limit: int, more: str) -> list[str]:
+    """The first `limit` of `lines`, then `... and N more {more}`: every problem named while there are a
+    handful, a readable screen when there are thousands (a full POP909 clone ignores 6,579 files)."""
+    lines = list(lines)
+    return lines if len(lines) <= limit else lines[:limit] + [f"... and {len(lines) - limit} more {more}"]
+
+
+def left_out_lines(records: Sequence[FileRecord], limit: int = 10) -> list[str]:
+    """What a build left out, by name (for command output): per status (skipped, duplicate, ignored) and
+    kind, `STATUS (KIND) PATH: reason` for the first `limit` files, then how many more (all are in the manifest)."""
+    groups: dict[tuple[str, str], list[FileRecord]] = {}
     for r in records:
-        if r.status == "ignored":
-            kinds.setdefault(r.error_kind or "unknown", []).append(r)
-    ignored = [f"ignored ({kind}) {len(rs)} file(s), e.g. {rs[0].path}: {rs[0].reason}" for kind, rs in kinds.items()]
-    return skipped + ignored
+        if r.status != "ok":
+            groups.setdefault((r.status, r.error_kind or "unknown"), []).append(r)
+    lines = []
+    for (status, kind), rs in sorted(groups.items(), key=lambda kv: STATUSES.index(kv[0][0])):
+        label = status if kind == status else f"{status} ({kind})"
+        lines += bounded([f"{label} {r.path}: {r.reason}" for r in rs], limit, f"{label} (see {MANIFEST_FILENAME})")
+    return lines
+
+
+def brief(records: Sequence[FileRecord], limit: int = 3) -> str:
+    """`PATH (reason); ...` of the first `limit` records, for a one-line error when a build cannot go on
+    (it writes no manifest then: the message is the only place that names the files)."""
+    named = [f"{r.path} ({r.reason})" for r in records]
+    return "; ".join(bounded(named, limit, "file(s)"))
 
 
 def split_notes(dataset_dir: epath.PathLike, split: str) -> int:

@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from midibert_jax import console
-from midibert_jax.data import tasks, workers
+from midibert_jax.data import manifest, tasks, workers
 from midibert_jax.data.builders import common
 from midibert_jax.data.builders.common import InputFile
 from midibert_jax.data.builders.corpus import MidiFolder
@@ -289,8 +289,17 @@ class TaskBuilder(MidiFolder, skip_registration=True):
         self._records = [i.record() for i in inputs if i.status != "pending"]
         self._tokenize([i for i in inputs if i.status == "pending"])
         if not self._spill.count(TRAIN):
-            raise TaskDataError(f"{self.name}: no usable piece in the train split (see the skipped files above)")
+            raise TaskDataError(self._no_training_piece(root))
         return {split: self._spill.examples(split) for split in SPLITS if self._spill.count(split)}
+
+    def _no_training_piece(self, root: str | None) -> str:
+        """The one-line error of a build whose train split came out empty, naming the train files and why."""
+        root = self._root_used or root
+        failed = sorted((r for r in self._records if r.split == TRAIN and r.status != "ok"), key=lambda r: r.piece_id)
+        if failed:
+            return f"{self.name}: no usable piece in the train split of {root}: {manifest.brief(failed)}"
+        listed = self._split_notes.get("split_source", "the split")
+        return f"{self.name}: no file of the train split ({listed}) is in {root}; only validation / test files are"
 
     def list_split_inputs(self, root: str | None) -> list[InputFile]:
         """Every file under `root`, hashed, with its split ('train' / 'validation' / 'test'); files that
@@ -302,7 +311,10 @@ class TaskBuilder(MidiFolder, skip_registration=True):
         self._class_names = tuple(self._resolve_class_names())
         inputs = self._list_task_inputs(root)
         if not any(i.status == "pending" for i in inputs):
-            raise DatasetLayoutError(f"{self.name}: no usable MIDI files in {root}. Expected layout:\n{self.LAYOUT}")
+            found = f"{len(inputs)} file(s), none usable: {manifest.brief([i.record() for i in inputs])}" if inputs \
+                else "no files"
+            raise DatasetLayoutError(f"{self.name}: no usable MIDI file in {self._root_used or root} ({found}). "
+                                     f"Expected layout:\n{self.LAYOUT}")
         if self.config.split in ("official", "file"):
             assignment = self._listed_splits(inputs, root)
         common.hash_and_split(inputs, 0.0, self.config.seed, threads=self.options.hash_threads, progress=self.options.progress)
@@ -352,11 +364,12 @@ class TaskBuilder(MidiFolder, skip_registration=True):
             )
         if missing and strict:
             raise SplitFileError(f"{source} lists {len(missing)} files that do not exist, e.g. {missing[:5]}")
+        # Every missing file by name and split (`missing_lines` prints them, bounded).
         self._split_notes = {"split_source": source, "listed": len(key_split), "listed_missing": len(missing),
-                             "listed_missing_examples": missing[:10]}
+                             "listed_missing_files": [[path, key_split[path]] for path in missing]}
         if missing and self.options.print_summary:
             print(f"{self.name}: {len(missing)} of the {len(key_split)} files of {source} are not in {root} "
-                  f"(e.g. {missing[:3]})")
+                  f"(e.g. {missing[:3]}; all in {tasks.TASK_INFO_FILENAME})")
         return found
 
     def _seeded_splits(self, inputs: list[InputFile]) -> None:
@@ -478,6 +491,17 @@ class TaskBuilder(MidiFolder, skip_registration=True):
                 print(f"  {key} per class ({'/'.join(splits)}): " + ", ".join(
                     f"{name} " + "/".join(str(self._counts[split][key][name]) for split in splits)
                     for name in self._class_names))
+
+
+def missing_lines(info: dict[str, Any], limit: int = 10) -> list[str]:
+    """The listed files a build did not find (`task_info.json`'s `listed_missing_files`), by name: for command
+    output beside `manifest.left_out_lines`."""
+    if "listed_missing_files" not in info and info.get("listed_missing"):  # built before the names were kept
+        return [f"missing {info['listed_missing']} file(s) listed in {info['split_source']} (rebuild with "
+                "--config.overwrite=True to have them named)"]
+    lines = [f"missing ({split}) {path}: listed in {info['split_source']}, not in the dataset folder"
+             for path, split in info.get("listed_missing_files", ())]
+    return manifest.bounded(lines, limit, f"missing (see {tasks.TASK_INFO_FILENAME})")
 
 
 def _parse_split_lists(lists: Any, source: str) -> dict[str, str]:
