@@ -296,9 +296,12 @@ def test_a_run_whose_folder_is_taken_over_then_sigtermed_writes_nothing_there(tr
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=300)
     output = log_path.read_text()
-    assert code == 2, output[-3000:]
-    errors = [l for l in output.splitlines() if "error:" in l]
-    assert len(errors) == 1 and f"this run no longer holds {workdir}: the lock file" in errors[0], output[-3000:]
+    # Its own per-step check may see the takeover first: then the SIGTERM can land after its handler is
+    # gone, on the way out, and ends it by the signal. Either way it must write nothing in the folder.
+    assert code in (2, -signal.SIGTERM), output[-3000:]
+    if code == 2:
+        errors = [l for l in output.splitlines() if "error:" in l]
+        assert len(errors) == 1 and f"this run no longer holds {workdir}: the lock file" in errors[0], output[-3000:]
     assert [p.relative_to(workdir).as_posix() for p in workdir.rglob("*")] == [".run.lock"]
     other.verify()
     other.release()
