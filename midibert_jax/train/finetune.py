@@ -345,13 +345,21 @@ def train_and_evaluate(
             "or add the 'scratch' modifier (e.g. configs/finetune.py:melody,scratch) to train from scratch"
         )
     config_validation.validate(config, num_devices=jax.device_count(), num_processes=jax.process_count())
-    with run_lock.RunLock(workdir, "finetune") as lock:  # before any data is built or any checkpoint read
-        return _train(config, workdir, lock, data=data, task=task, wrap_step=wrap_step, verbose=verbose)
+    guard = PreemptionGuard()  # installed by _train once the data are loaded, restored only after the lock is let go
+    try:
+        with run_lock.RunLock(workdir, "finetune") as lock:  # before any data is built or any checkpoint read
+            return _train(config, workdir, lock, guard, data=data, task=task, wrap_step=wrap_step, verbose=verbose)
+    finally:
+        guard.uninstall()
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str, lock: run_lock.RunLock, *, data: Data | None,
-           task: TaskInfo | None, wrap_step, verbose: bool) -> dict[str, Any]:
-    """train_and_evaluate's run, in `workdir` whose `lock` this process holds."""
+def _train(config: ml_collections.ConfigDict, workdir: str, lock: run_lock.RunLock, guard: PreemptionGuard, *,
+           data: Data | None, task: TaskInfo | None, wrap_step, verbose: bool) -> dict[str, Any]:
+    """train_and_evaluate's run, in `workdir` whose `lock` this process holds.
+
+    `guard` stays installed through the teardown (the last checkpoint's wait, the lock's release): a SIGTERM
+    then only sets its flag instead of killing the process halfway through.
+    """
     resuming = _has_checkpoint(workdir)  # again: another run may have saved before this one took the lock
     if data is None:
         data = load_data(config, splits=("train", "validation"))
@@ -376,7 +384,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, lock: run_lock.RunLo
         best_metric=BEST_METRIC, best_mode="max", items=ITEMS, before_save=lock.verify,
     )
     writer = metrics.MetricsWriter(workdir)
-    guard = PreemptionGuard().install()
+    guard.install()
     bar = None
     try:
         def warm(state):
@@ -455,7 +463,6 @@ def _train(config: ml_collections.ConfigDict, workdir: str, lock: run_lock.RunLo
     finally:
         if bar is not None:
             bar.close()
-        guard.uninstall()
         ckpt.wait()
         ckpt.close()
         if lock.lost:

@@ -38,13 +38,19 @@ class PreemptionGuard:
         self._previous: dict[int, object] = {}
 
     def install(self) -> "PreemptionGuard":
-        """Installs the handlers (main thread only); returns self."""
+        """Installs the handlers (main thread only; a second call keeps the first's); returns self."""
+        if self._previous:
+            return self
         for sig in self.signals:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def uninstall(self) -> None:
-        """Restores the handlers that were there before `install`."""
+        """Restores the handlers that were there before `install` (nothing if not installed).
+
+        Training uninstalls only after its run lock is released, so a SIGTERM that lands during the teardown
+        (the last save's wait, the release) sets the flag instead of killing the process halfway through it.
+        """
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
         self._previous.clear()

@@ -248,12 +248,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     config_validation.validate(config, num_devices=jax.device_count(), num_processes=jax.process_count())
     root = paths.resolve(workdir)  # absolute for local folders (orbax needs them), URLs as they are
     root.mkdir(parents=True, exist_ok=True)
-    with run_lock.RunLock(root, "pretrain") as lock:  # before any data is built or any checkpoint read
-        return _train(config, root, lock, wrap_step, wrap_batches)
+    guard = PreemptionGuard()  # installed by _train once the data are loaded, restored only after the lock is let go
+    try:
+        with run_lock.RunLock(root, "pretrain") as lock:  # before any data is built or any checkpoint read
+            return _train(config, root, lock, guard, wrap_step, wrap_batches)
+    finally:
+        guard.uninstall()
 
 
-def _train(cfg: ml_collections.ConfigDict, root, lock: run_lock.RunLock, wrap_step, wrap_batches) -> dict[str, Any]:
-    """train_and_evaluate's run, in the workdir `root` whose `lock` this process holds."""
+def _train(cfg: ml_collections.ConfigDict, root, lock: run_lock.RunLock, guard: PreemptionGuard, wrap_step,
+           wrap_batches) -> dict[str, Any]:
+    """train_and_evaluate's run, in the workdir `root` whose `lock` this process holds.
+
+    `guard` stays installed through the teardown (the last checkpoint's wait, the lock's release): a SIGTERM
+    then only sets its flag instead of killing the process halfway through.
+    """
     workdir = os.fspath(root)
     data = load_data(cfg.data)
     trainer = Trainer(cfg, wrap_step=wrap_step)
@@ -276,7 +285,7 @@ def _train(cfg: ml_collections.ConfigDict, root, lock: run_lock.RunLock, wrap_st
 
         return ws.load_into(state, cfg.train.init_from, trainer.abstract_state)
 
-    guard = PreemptionGuard().install()
+    guard.install()
     bar = None
     try:
         state, restored, origin = loop.resume_or_init(ckpt, trainer.abstract_state, trainer.init_state,
@@ -350,7 +359,6 @@ def _train(cfg: ml_collections.ConfigDict, root, lock: run_lock.RunLock, wrap_st
     finally:
         if bar is not None:
             bar.close()
-        guard.uninstall()
         ckpt.wait()
         ckpt.close()
         if lock.lost:
