@@ -23,8 +23,9 @@ Run:
   cpu                        the recipe measured on a 2-core CPU for the four paper tasks (docs/results/
                              pop909.md, paper_tasks.md): the mini model with rotary positions, note tasks on
                              128-note windows (32 a step, transposition, no dropout), sequence tasks on 512
-                             (8 a step; transposition for composer), lr 1e-3 (warmup, cosine), no mask fine-tuning, a fixed step budget
-                             (under 30 minutes a run there), the best validation step kept
+                             (8 a step; transposition for composer), lr 1e-3 (warmup, cosine), no mask
+                             fine-tuning, a fixed step budget (under 30 minutes a run there), the best
+                             validation step kept
   reference                  the reference's quirks (REFERENCE.md §7-8): masking and pitch shift also at
                              evaluation, 80% MASK of 15% of all positions, the last-example loss-mask bug,
                              pads in the sequence pooling, stop when neither accuracy nor loss improve
