@@ -17,6 +17,11 @@ where it stopped and reuses the finished ones (midibert_jax/experiment.py).
              pre-training steps, 100-step fine-tuning runs on the two demo tasks (no download)
   tpu        the base model (configs/pretrain.py:base) on 1,024-note windows, 20,000 steps with
              256-window batches, 10 fine-tuning epochs (see README: for an accelerator slice)
+  pop909     melody and velocity on POP909 (--config.roots.pop909=DIR), pre-trained on its training songs
+             only; 2 pre-training runs and 36 fine-tuning runs of 300 steps, about 3.5 h on 2 CPU cores
+  paper      all four tasks (roots.pop909, roots.pianist8, roots.emopia), pre-trained on the three training
+             splits (+ pretrain.extra_folders); 2 pre-training runs and 72 fine-tuning runs of 200 steps,
+             about 5 h on 2 CPU cores (estimated from measured step costs; not yet run in full)
   quick      one seed and one fraction (1.0): a first look in a fraction of the time
 
 Overrides: `pretrain.overrides`, `finetune.overrides`, `protocol_overrides.<protocol>` and
@@ -148,20 +153,21 @@ def _task_data(config: ml_collections.ConfigDict, sources: tuple[str, ...], task
 def _pop909(config: ml_collections.ConfigDict, tpu: bool) -> None:
     """POP909 melody and velocity, pre-trained on POP909's official training songs only (no test song leaks)."""
     _task_data(config, ("pop909",), ("melody", "velocity"), tpu)
-    _budget(config, tpu)
+    _budget(config, tpu, finetune_steps=300)
 
 
 def _paper(config: ml_collections.ConfigDict, tpu: bool) -> None:
     """The paper's four tasks, pre-trained on the training splits of POP909, Pianist8 and EMOPIA (+ extra_folders)."""
     _task_data(config, DATASETS, ("melody", "velocity", "composer", "emotion"), tpu)
-    _budget(config, tpu)
+    _budget(config, tpu, finetune_steps=200)
 
 
-def _budget(config: ml_collections.ConfigDict, tpu: bool) -> None:
+def _budget(config: ml_collections.ConfigDict, tpu: bool, finetune_steps: int) -> None:
     """Windows, steps and protocols of the task-data experiments (full fine-tuning only; pre-training shared by
     the replicates on a CPU): 512-note windows, MidiBERT-Piano's unit, in both. On an accelerator the base model
     (not yet run); on a 2-core CPU the mini model of the `cpu` fine-tuning recipe with short runs (docs/results/
-    pop909.md: its cost and what it found)."""
+    pop909.md: its cost and what it found). `finetune_steps` sizes the CPU runs to the wall-time budget: 36
+    runs of 300 steps for pop909 (about 3.5 h in all), 72 of 200 for paper (about 5 h; 300 would be 6.5 h)."""
     config.protocols = ("finetune",)
     config.pretrain.overrides.data.max_len = 512
     if tpu:
@@ -178,5 +184,5 @@ def _budget(config: ml_collections.ConfigDict, tpu: bool) -> None:
     pre.train = ml_collections.ConfigDict({"steps": 600, "eval_every": 150, "checkpoint_every": 150})
     pre.optim = ml_collections.ConfigDict({"learning_rate": 5e-4, "warmup_steps": 50})
     config.finetune.overrides.train = ml_collections.ConfigDict(
-        {"epochs": 0, "steps": 300, "eval_every": 100, "patience": 0})
+        {"epochs": 0, "steps": finetune_steps, "eval_every": 100, "patience": 0})
     config.protocol_overrides.finetune.optim.learning_rate = 1e-3
