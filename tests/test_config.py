@@ -25,6 +25,22 @@ def test_pod_variants_validate_on_their_slices():
         assert (config.model.remat, config.model.dtype, config.model.max_len) == ("full", "bfloat16", 1024)
 
 
+def test_cpu_recipe_per_task_tables_name_real_tasks_and_reach_the_config():
+    # A misspelt key in a per-task table would silently fall back to the default setting.
+    from configs import finetune
+
+    known = set(finetune.TASKS.values()) | set(finetune.CPU_STEPS)
+    for table in (finetune.CPU_PITCH_SHIFT, finetune.CPU_WEIGHT_DECAY):
+        assert set(table) <= known, set(table) - known
+    for task in ("melody", "velocity", "composer", "emotion"):
+        config = load_config(f"configs/finetune.py:{task},cpu,scratch")
+        validate(config, num_devices=1, num_processes=1)
+        level = "note" if task in ("melody", "velocity") else "sequence"
+        assert (config.data.max_len, config.data.batch_size) == finetune.CPU_WINDOWS[level]
+        assert config.optim.weight_decay == finetune.CPU_WEIGHT_DECAY.get(task, 0.01)
+        assert config.augment.pitch_shift == finetune.CPU_PITCH_SHIFT.get(task, finetune.CPU_PITCH_SHIFT.get(level, 0))
+
+
 def test_overrides_are_typed_and_keys_must_exist():
     config = load_with_overrides("configs/pretrain.py:tiny", [("train.steps", "7"), ("optim.learning_rate", "1e-3"),
                                                                ("masking.policy", "random")])
