@@ -201,6 +201,11 @@ CPU_PITCH_SHIFT = {"note": 5, "composer": 5}
 CPU_WEIGHT_DECAY = {"melody": 0.1}
 
 
+def _per_task(table: dict, task: str, level: str, default):
+    """A recipe table's value for a task: its own entry, else its level's (note / sequence), else the default."""
+    return table.get(task, table.get(level, default))
+
+
 def _cpu_recipe(config: ml_collections.ConfigDict) -> None:
     """Rotary positions; a learning rate and schedule for a from-scratch run of minutes; every note scored (mask
     fine-tuning slows learning here). Note tasks: more updates on shorter windows, no dropout but transposition
@@ -211,11 +216,11 @@ def _cpu_recipe(config: ml_collections.ConfigDict) -> None:
     config.data.max_len, config.data.batch_size = CPU_WINDOWS[level]
     config.model.position_embedding = "rope"
     config.augment.mask_ratio = 0.0
-    config.augment.pitch_shift = CPU_PITCH_SHIFT.get(config.task.name, CPU_PITCH_SHIFT.get(level, 0))
+    config.augment.pitch_shift = _per_task(CPU_PITCH_SHIFT, config.task.name, level, 0)
     if level == "note":
         config.model.dropout_rate = config.model.attention_dropout_rate = config.model.head_dropout = 0.0
     config.optim.learning_rate = 1e-3
-    config.optim.weight_decay = CPU_WEIGHT_DECAY.get(config.task.name, config.optim.weight_decay)
+    config.optim.weight_decay = _per_task(CPU_WEIGHT_DECAY, config.task.name, level, config.optim.weight_decay)
     config.optim.schedule = "warmup_cosine"
     config.optim.warmup_steps = 100
     config.train.epochs = 0
