@@ -85,6 +85,53 @@ def test_folder_build_writes_a_complete_manifest(built_folder_dataset, midi_corp
     assert (built_folder_dataset.data_path / manifest.SUMMARY_FILENAME).exists()
 
 
+def test_a_split_past_the_writer_buffer_spills_to_disk_without_tensorflow(built_folder_dataset, midi_corpus,
+                                                                          tmp_path, monkeypatch):
+    # TFDS moves a split's examples to bucket files past its memory buffer, through tf.io.gfile: without
+    # TensorFlow a large build died there. A zero buffer spills every example; the shards must not change.
+    import importlib.util
+
+    from tensorflow_datasets.core import shuffle
+
+    assert importlib.util.find_spec("tensorflow") is None  # the project's install has no TensorFlow
+    spilled = []
+    add = shuffle._Bucket.add  # pylint: disable=protected-access
+    monkeypatch.setattr(shuffle._Bucket, "add", lambda self, key, data: (spilled.append(key), add(self, key, data)))
+    monkeypatch.setattr(common, "WRITER_BUFFER_MB", 0)
+    folder, _ = midi_corpus
+    builder = corpus.MidiFolder(config=corpus.folder_config(folder, max_len=TEST_MAX_LEN, valid_fraction=0.3, seed=0),
+                                data_dir=tmp_path, options=common.BuildOptions(num_workers=1, timeout=30, progress=False))
+    builder.download_and_prepare()
+    assert len(spilled) == sum(built_folder_dataset.summary["examples"].values())
+    assert shuffle.MAX_MEM_BUFFER_SIZE == 1000 << 20 and shuffle.tf is not common._PLAIN_FILE_TF  # restored
+    for split in ("train", "validation"):
+        ours, reference = (common.load_data_source(b.data_path, split) for b in (builder, built_folder_dataset))
+        assert len(ours) == len(reference)
+        for i in range(len(ours)):
+            assert all(np.array_equal(ours[i][k], reference[i][k]) for k in ("tokens", "index", "piece_id", "window"))
+
+
+def test_a_byte_copy_of_a_skipped_file_is_reported_skipped_by_its_own_name():
+    # Two identical corrupt files: the second must not hide behind "duplicate" (nothing tokenized it, but it
+    # is just as broken, and a user looks for it by name); a copy of a good file stays a duplicate.
+    records = [
+        manifest.FileRecord(0, "corrupt/empty_1.mid", sha256="e", status="skipped", reason="empty file",
+                            error_kind="unreadable"),
+        manifest.FileRecord(1, "good.mid", sha256="g"),
+        manifest.FileRecord(2, "corrupt/empty_2.mid", sha256="e", status="duplicate",
+                            reason="identical to corrupt/empty_1.mid", error_kind="duplicate"),
+        manifest.FileRecord(3, "copy_of_good.mid", sha256="g", status="duplicate", reason="identical to good.mid",
+                            error_kind="duplicate"),
+    ]
+    built = manifest.Manifest(records)
+    by_path = {r.path: r for r in built.records}
+    assert by_path["corrupt/empty_2.mid"].status == "skipped"
+    assert by_path["corrupt/empty_2.mid"].reason == "empty file (a byte copy of corrupt/empty_1.mid)"
+    assert by_path["corrupt/empty_2.mid"].error_kind == "unreadable"
+    assert by_path["copy_of_good.mid"].status == "duplicate"
+    assert built.summary()["status"] == {"ok": 1, "skipped": 2, "duplicate": 1, "ignored": 0}
+
+
 def test_folder_build_examples(built_folder_dataset, midi_corpus):
     folder, _ = midi_corpus
     records = {r.piece_id: r for r in manifest.Manifest.load(built_folder_dataset.data_path).records}

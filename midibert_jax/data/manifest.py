@@ -8,7 +8,8 @@ Record statuses:
              packed stream (reference packing) of its split.
   skipped    rejected; `reason` says why (`error_kind` groups reasons: the tokenizer's error
              kind, `timeout`, `worker_crash`, `internal_error`, `conversion`, ...).
-  duplicate  byte-identical to an earlier file (`reason` names it); not tokenized.
+  duplicate  byte-identical to an earlier file (`reason` names it); not tokenized. A byte copy of a
+             skipped file is skipped itself, with the first one's reason and kind: it is just as broken.
   ignored    left out on purpose, `reason` says why (`error_kind`): not a MIDI file by extension, not a
              file of the dataset's layout, not in the split lists, or held out of a pre-training
              corpus as a task's validation / test file or a byte copy of one).
@@ -73,6 +74,20 @@ class FileRecord:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+def _skip_copies_of_skipped(records: Sequence[FileRecord]) -> None:
+    """Marks each duplicate of a skipped file skipped (same reason and kind), so that a corrupt file is
+    reported as corrupt by its own name even when an identical one came first."""
+    first: dict[str, FileRecord] = {}
+    for r in records:
+        if r.sha256 and r.status != "duplicate":
+            first.setdefault(r.sha256, r)
+    for r in records:
+        original = first.get(r.sha256) if r.status == "duplicate" and r.sha256 else None
+        if original is not None and original.status == "skipped":
+            r.status, r.error_kind = "skipped", original.error_kind
+            r.reason = f"{original.reason} (a byte copy of {original.path})"
+
+
 @dataclasses.dataclass
 class Manifest:
     """All records of a build plus build-level facts (config, timings)."""
@@ -86,6 +101,7 @@ class Manifest:
         if len(set(ids)) != len(ids):
             dup = collections.Counter(ids).most_common(1)[0][0]
             raise ValueError(f"duplicate manifest records for piece_id {dup}")
+        _skip_copies_of_skipped(self.records)
 
     def by_status(self, status: str) -> list[FileRecord]:
         return [r for r in self.records if r.status == status]

@@ -19,12 +19,16 @@ only TFDS's ``incomplete.*`` folder behind (see `data.prepare`).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import hashlib
+import importlib.util
 import os
 import re
+import resource
 import tempfile
+import types
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -225,6 +229,62 @@ def record_from_outcome(inp: InputFile, outcome: workers.Outcome, packing: str) 
         num_stream_rows=n_rows, seconds=outcome.seconds,
     )
     return record, result
+
+
+# TFDS's local writer holds a split's serialized examples in memory up to 1 GiB
+# (tfds.core.shuffle.MAX_MEM_BUFFER_SIZE), then moves them to 1,000 bucket files on disk, opened through
+# TensorFlow's tf.io.gfile. Without TensorFlow (this project does not need it) a split past 1 GiB failed with
+# "No module named 'tensorflow'" (about 80,000 windows of 1,024 notes), and below it the build's memory grew
+# with the corpus. `bounded_local_writer` spills past WRITER_BUFFER_MB, through plain files when TensorFlow is
+# absent. The shards are the same either way: TFDS orders a split by hashed key, in memory or bucket by bucket.
+WRITER_BUFFER_MB = 128
+
+
+class _NeverRaised(Exception):
+    """Stands for tf.errors.ResourceExhaustedError, which plain file I/O does not raise."""
+
+
+def _open(path, mode="rb"):
+    return open(os.fspath(path), mode)  # pylint: disable=unspecified-encoding  # binary modes only
+
+
+def _remove(path) -> None:
+    os.remove(os.fspath(path))
+
+
+# The slice of TensorFlow that tfds.core.shuffle's bucket files use, for local paths (the build's temporary
+# folder is local: cloud data_dirs build through Beam or on a machine with TensorFlow).
+_PLAIN_FILE_TF = types.SimpleNamespace(
+    io=types.SimpleNamespace(gfile=types.SimpleNamespace(GFile=_open, exists=os.path.exists, remove=_remove)),
+    errors=types.SimpleNamespace(ResourceExhaustedError=_NeverRaised),
+)
+
+
+@contextlib.contextmanager
+def bounded_local_writer(data_dir: epath.PathLike | None = None, megabytes: int | None = None):
+    """While open, TFDS's local writer keeps at most `megabytes` (default WRITER_BUFFER_MB) of examples in
+    memory, and spills the rest to bucket files without TensorFlow when it is not installed (and `data_dir`
+    is local)."""
+    from tensorflow_datasets.core import shuffle  # pylint: disable=import-outside-toplevel
+
+    before = shuffle.MAX_MEM_BUFFER_SIZE, shuffle.tf
+    shuffle.MAX_MEM_BUFFER_SIZE = min(before[0], int((WRITER_BUFFER_MB if megabytes is None else megabytes) * 2**20))
+    local = data_dir is None or "://" not in os.fspath(data_dir)
+    if local and importlib.util.find_spec("tensorflow") is None:
+        shuffle.tf = _PLAIN_FILE_TF
+        _allow_open_files(shuffle.BUCKETS_NUMBER + 256)
+    try:
+        yield
+    finally:
+        shuffle.MAX_MEM_BUFFER_SIZE, shuffle.tf = before
+
+
+def _allow_open_files(count: int) -> None:
+    """Raises the soft limit on open files to `count` where the hard limit allows (the buckets stay open)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = count if hard == resource.RLIM_INFINITY else min(count, hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 # ----------------------------------------------------------------------------------------

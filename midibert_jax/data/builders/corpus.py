@@ -43,7 +43,8 @@ from midibert_jax.data import demo_corpus, manifest, windows, workers
 from midibert_jax.data.builders import beam
 from midibert_jax.data.builders.common import (
     FILE_FORMAT, TRAIN, VALIDATION, BuildOptions, InputFile, LocalDatasetInfo, MidiConfig, Spill,
-    config_name, example_features, hash_and_split, identity_fields, list_folder, make_spill_dir, record_from_outcome,
+    bounded_local_writer, config_name, example_features, hash_and_split, identity_fields, list_folder, make_spill_dir,
+    record_from_outcome,
 )
 from midibert_jax.data.errors import BuildError
 
@@ -179,7 +180,8 @@ class MidiFolder(tfds.core.GeneratorBasedBuilder):
         self._use_beam = download_config.beam_runner is not None or download_config.beam_options is not None
         self._records = []
         try:
-            super()._download_and_prepare(dl_manager, download_config)
+            with bounded_local_writer(data_dir=self.data_path):
+                super()._download_and_prepare(dl_manager, download_config)
             records = list(self._records)
             if self._use_beam:
                 records.extend(beam.collect_records(self.data_path, (TRAIN, VALIDATION)))
