@@ -175,14 +175,12 @@ class LabelledSpill(common.Spill):
         n = self.count(split)
         if not n:
             return
-        tokens = self.tokens(split)
-        if self.level == tasks.NOTE:
-            labels = np.memmap(os.path.join(self.directory, f"{split}.labels.bin"), np.int32, "r", shape=(n, self.max_len))
+        labels = self.read(f"{split}.labels.bin", (self.max_len,), n) if self.level == tasks.NOTE else None
         meta = self.meta[split]
-        for i in range(n):
-            example = common.make_example(np.asarray(tokens[i]), i, meta["piece_id"][i], meta["window"][i])
-            if self.level == tasks.NOTE:
-                example["labels"] = np.asarray(labels[i], np.int32)
+        for i, tokens in enumerate(self.tokens(split)):
+            example = common.make_example(tokens, i, meta["piece_id"][i], meta["window"][i])
+            if labels is not None:
+                example["labels"] = next(labels)
             else:
                 example["label"] = np.int32(self.sequence_labels[split][i])
             yield i, example
