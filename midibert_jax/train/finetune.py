@@ -345,12 +345,8 @@ def train_and_evaluate(
             "or add the 'scratch' modifier (e.g. configs/finetune.py:melody,scratch) to train from scratch"
         )
     config_validation.validate(config, num_devices=jax.device_count(), num_processes=jax.process_count())
-    guard = PreemptionGuard()  # installed by _train once the data are loaded, restored only after the lock is let go
-    try:
-        with run_lock.RunLock(workdir, "finetune") as lock:  # before any data is built or any checkpoint read
-            return _train(config, workdir, lock, guard, data=data, task=task, wrap_step=wrap_step, verbose=verbose)
-    finally:
-        guard.uninstall()
+    with run_lock.held_run(workdir, "finetune") as (lock, guard):
+        return _train(config, workdir, lock, guard, data=data, task=task, wrap_step=wrap_step, verbose=verbose)
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, lock: run_lock.RunLock, guard: PreemptionGuard, *,

@@ -248,12 +248,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     config_validation.validate(config, num_devices=jax.device_count(), num_processes=jax.process_count())
     root = paths.resolve(workdir)  # absolute for local folders (orbax needs them), URLs as they are
     root.mkdir(parents=True, exist_ok=True)
-    guard = PreemptionGuard()  # installed by _train once the data are loaded, restored only after the lock is let go
-    try:
-        with run_lock.RunLock(root, "pretrain") as lock:  # before any data is built or any checkpoint read
-            return _train(config, root, lock, guard, wrap_step, wrap_batches)
-    finally:
-        guard.uninstall()
+    with run_lock.held_run(root, "pretrain") as (lock, guard):
+        return _train(config, root, lock, guard, wrap_step, wrap_batches)
 
 
 def _train(cfg: ml_collections.ConfigDict, root, lock: run_lock.RunLock, guard: PreemptionGuard, wrap_step,

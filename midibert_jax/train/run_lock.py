@@ -33,6 +33,7 @@ stops at its first save (it checks the object then) or within one heartbeat.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import socket
@@ -42,6 +43,7 @@ import numpy as np
 
 from midibert_jax import locks
 from midibert_jax.errors import UserError
+from midibert_jax.train.preemption import PreemptionGuard
 
 LOCK_FILE = ".run.lock"
 # Bytes of a broadcast verdict (a message of one line).
@@ -149,3 +151,16 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+@contextlib.contextmanager
+def held_run(workdir, command: str):
+    """A trainer's hold on `workdir`: (its RunLock, taken before any data is built or checkpoint read; a
+    PreemptionGuard the trainer installs once its data are loaded). The guard is restored only after the
+    lock is let go, so a SIGTERM during the teardown (the last save, the release) still waits for it."""
+    guard = PreemptionGuard()
+    try:
+        with RunLock(workdir, command) as lock:
+            yield lock, guard
+    finally:
+        guard.uninstall()
