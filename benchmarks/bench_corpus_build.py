@@ -272,6 +272,18 @@ def shards(dataset_dir: pathlib.Path) -> dict:
             "min_bytes": min(sizes, default=0), "max_bytes": max(sizes, default=0)}
 
 
+def examples_check(built, dataset_dir: pathlib.Path) -> dict:
+    """Per split: the windows the manifest's ok records hold (piece packing: one example each), the examples
+    the dataset's info counts, and the records its shards hold. All three must agree: nothing lost."""
+    from midibert_jax.data.builders import common  # pylint: disable=import-outside-toplevel
+
+    manifest_windows = {split: s["windows"] for split, s in built.summary()["splits"].items()}
+    info = built.info.get("examples", {})
+    return {split: {"manifest_windows": manifest_windows.get(split, 0), "info_examples": info.get(split, 0),
+                    "shard_records": len(common.load_data_source(dataset_dir, split))}
+            for split in sorted(set(manifest_windows) | set(info))}
+
+
 def measure(folder: pathlib.Path, size: int, corrupt: list[str], cache: pathlib.Path, path: str, workers: int) -> dict:
     """Builds `folder` (`size` variants) once by `path` in a child process: the figures, the manifest's accounting."""
     sys.path.insert(0, os.fspath(REPO))
@@ -312,6 +324,8 @@ def measure(folder: pathlib.Path, size: int, corrupt: list[str], cache: pathlib.
         "shards": shards(dataset_dir),
         "manifest": counts, "examples": built.info.get("examples", {}),
         "accounted": sum(counts.values()) == len(inputs) and sorted(by_path) == inputs,
+        "examples_check": (check := examples_check(built, dataset_dir)),
+        "examples_match_manifest": all(len(set(c.values())) == 1 for c in check.values()),
         "corrupt_files": corrupt_records,
         "all_corrupt_skipped_with_reason": all(r and r["status"] == "skipped" and r["reason"]
                                                for r in corrupt_records.values()),
@@ -361,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{row['parent_peak_rss_mib']:.0f} MiB, largest worker {row['largest_worker_peak_rss_mib']:.0f} MiB, "
                   f"tree {row['tree_peak_rss_mib']:.0f} MiB; "
                   f"{row['shards']['count']} shards, {row['shards']['total_bytes'] / 2**20:.1f} MiB; manifest "
-                  f"{row['manifest']}, accounted: {row['accounted']}, corrupt all skipped: "
+                  f"{row['manifest']}, accounted: {row['accounted']}, examples match the manifest: "
+                  f"{row['examples_match_manifest']}, corrupt all skipped: "
                   f"{row['all_corrupt_skipped_with_reason']}", flush=True)
             if not args.keep_builds:
                 shutil.rmtree(cache / "builds" / f"{path}_{size}", ignore_errors=True)

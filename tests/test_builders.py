@@ -309,6 +309,23 @@ def test_demo_builder_converts_caches_and_builds(tmp_path):
     assert len(inputs) == 4 and excluded not in {i.name for i in inputs}
 
 
+def test_a_beam_build_short_of_examples_fails_by_split():
+    # The DirectRunner lost windows of a 10^5-file build without an error; the manifest says what must be there.
+    from midibert_jax.data.builders import beam
+
+    records = [manifest.FileRecord(0, "a.mid", split="train", num_windows=3, num_stream_rows=70),
+               manifest.FileRecord(1, "b.mid", split="train", num_windows=2, num_stream_rows=58),
+               manifest.FileRecord(2, "c.mid", split="validation", num_windows=1, num_stream_rows=20)]
+    built = manifest.Manifest(records)
+    piece = corpus.folder_config("/x", max_len=32, packing="piece")
+    reference = corpus.folder_config("/x", max_len=32, packing="reference")
+    assert beam.expected_examples(built, piece) == {"train": 5, "validation": 1}
+    assert beam.expected_examples(built, reference) == {"train": 4, "validation": 1}  # 128 rows: 4 windows of 32
+    beam.check_examples(built, {"train": 5, "validation": 1}, piece)
+    with pytest.raises(BuildError, match=r"train: 4 examples in the shards, 5 in the manifest"):
+        beam.check_examples(built, {"train": 4, "validation": 1}, piece)
+
+
 def test_fast_conversion_skips_beaming_without_changing_the_midi(tmp_path):
     """The worker parses without music21's beaming and pickle cache; the MIDI is byte for byte the same."""
     from music21 import converter

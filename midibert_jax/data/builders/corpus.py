@@ -196,6 +196,8 @@ class MidiFolder(tfds.core.GeneratorBasedBuilder):
                 "beam": self._use_beam,
             }
             built = manifest.Manifest(records, info)
+            if self._use_beam:
+                beam.check_examples(built, examples, self.config)
             built.write(self.data_path)
             self.summary = built.summary()
             self.info.metadata["summary"] = {k: v for k, v in self.summary.items() if k != "slowest"}
