@@ -302,8 +302,11 @@ def measure(folder: pathlib.Path, size: int, corrupt: list[str], cache: pathlib.
         with TreeSampler(proc.pid) as sampler:
             code = proc.wait()
     wall = time.perf_counter() - start
-    if code != 0:
-        raise SystemExit(f"the {path} build of {folder} failed ({code}); see {work / 'build.log'}")
+    if code != 0:  # a result too: recorded with the build's last error line, and the benchmark goes on
+        errors = [line for line in (work / "build.log").read_text().splitlines() if "Error" in line]
+        return {"path": path, "variants": size, "workers": workers, "wall_s": round(wall, 2), "failed": code,
+                "error": errors[-1] if errors else f"exit code {code}", "log": os.fspath(work / "build.log"),
+                "peak_tree_rss_mib": round(sampler.peak_total_kib / 1024, 1)}
     child = json.loads((work / "result.json").read_text())
     dataset_dir = pathlib.Path(child["dataset_dir"])
     built = manifest.Manifest.load(dataset_dir)
@@ -370,6 +373,10 @@ def main(argv: list[str] | None = None) -> int:
         for path in paths:
             row = measure(folder, size, corrupt, cache, path, args.workers)
             results.append({k: v for k, v in row.items() if k != "dataset_dir"})
+            if row.get("failed"):
+                print(f"{size:>7} files, {path:>7}: FAILED after {row['wall_s']:.1f} s: {row['error']} "
+                      f"(see {row['log']})", flush=True)
+                continue
             print(f"{size:>7} files, {path:>7}: {row['build_s']:8.1f} s, {row['files_per_s']:7.1f} files/s "
                   f"({row['files_per_s_per_core']:.1f} per core); peak RSS parent "
                   f"{row['parent_peak_rss_mib']:.0f} MiB, largest worker {row['largest_worker_peak_rss_mib']:.0f} MiB, "

@@ -141,5 +141,7 @@ def test_bench_corpus_build_accounts_for_every_file_and_names_the_corrupt_ones(t
     assert sorted(row["corrupt_files"]) == [f for f in files if f.startswith("corrupt/")]
     assert all(r["status"] == "skipped" and r["reason"] for r in row["corrupt_files"].values())
     assert row["files_per_s"] > 0 and row["parent_peak_rss_mib"] > 0 and row["shards"]["count"] >= 1
+    assert row["examples_match_manifest"]  # the manifest's windows, the info's examples and the shards' records
+    assert sum(c["shard_records"] for c in row["examples_check"].values()) == 24  # one window per short variant
     beam = bench_corpus_build.build_config(folder, tmp_path / "tfds", "beam", 2)
     assert beam["beam"] and "--direct_num_workers=2" in beam["beam_options"]
