@@ -306,7 +306,7 @@ def measure(folder: pathlib.Path, size: int, corrupt: list[str], cache: pathlib.
         errors = [line for line in (work / "build.log").read_text().splitlines() if "Error" in line]
         return {"path": path, "variants": size, "workers": workers, "wall_s": round(wall, 2), "failed": code,
                 "error": errors[-1] if errors else f"exit code {code}", "log": os.fspath(work / "build.log"),
-                "peak_tree_rss_mib": round(sampler.peak_total_kib / 1024, 1)}
+                "tree_peak_rss_mib": round(sampler.peak_total_kib / 1024, 1)}
     child = json.loads((work / "result.json").read_text())
     dataset_dir = pathlib.Path(child["dataset_dir"])
     built = manifest.Manifest.load(dataset_dir)

@@ -330,7 +330,7 @@ class Spill:
     def read(self, filename: str, shape: tuple[int, ...], count: int) -> Iterator[np.ndarray]:
         """The first `count` int32 arrays of `shape` written to `filename`, in order.
 
-        Read file by file rather than memory-mapped: a map's pages count in the build's resident memory,
+        Read window by window rather than memory-mapped: a map's pages count in the build's resident memory,
         which then grew with the corpus (320 MiB at 10^4 windows of 1,024 notes)."""
         size = int(np.prod(shape)) * 4
         with open(os.path.join(self.directory, filename), "rb") as f:
