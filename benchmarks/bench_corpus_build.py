@@ -12,7 +12,8 @@ track chunk; under corrupt/) and one README.txt (ignored).
 
 Each build runs in a fresh child process (`prepare.prepare` of configs/prepare.py:folder, default
 settings, a new data_dir): the default path with --workers tokenizer processes, and Beam's
-DirectRunner with --workers worker processes. Reported per build: wall time, files/s and files/s
+DirectRunner in --beam-mode (in_memory, one worker, by default: the other modes lose elements at 10^5
+files, docs/scaling.md). Reported per build: wall time, files/s and files/s
 per core, peak resident memory of the parent (the build process) and of its largest worker
 (getrusage) and of the whole process tree (sampled from /proc), shard count and sizes, the
 manifest's counts and whether they account for every input file, every corrupt file's status and
@@ -247,7 +248,7 @@ class TreeSampler:
             self.peak_workers = max(self.peak_workers, len(tree) - 1)
 
 
-def build_config(folder: pathlib.Path, data_dir: pathlib.Path, path: str, workers: int) -> dict:
+def build_config(folder: pathlib.Path, data_dir: pathlib.Path, path: str, workers: int, beam_mode: str) -> dict:
     """configs/prepare.py:folder (default settings; `,beam` for Beam) with this corpus and data_dir."""
     sys.path.insert(0, os.fspath(REPO))
     from midibert_jax import config_loading  # pylint: disable=import-outside-toplevel
@@ -257,7 +258,7 @@ def build_config(folder: pathlib.Path, data_dir: pathlib.Path, path: str, worker
                  ("num_workers", str(workers))]
     if path == "beam":
         overrides.append(("beam_options", f"--runner=DirectRunner --direct_num_workers={workers} "
-                                          "--direct_running_mode=multi_processing"))
+                                          f"--direct_running_mode={beam_mode}"))
     return config_loading.load_with_overrides(spec, overrides).to_dict()
 
 
@@ -284,7 +285,8 @@ def examples_check(built, dataset_dir: pathlib.Path) -> dict:
             for split in sorted(set(manifest_windows) | set(info))}
 
 
-def measure(folder: pathlib.Path, size: int, corrupt: list[str], cache: pathlib.Path, path: str, workers: int) -> dict:
+def measure(folder: pathlib.Path, size: int, corrupt: list[str], cache: pathlib.Path, path: str, workers: int,
+            beam_mode: str) -> dict:
     """Builds `folder` (`size` variants) once by `path` in a child process: the figures, the manifest's accounting."""
     sys.path.insert(0, os.fspath(REPO))
     from midibert_jax.data import manifest  # pylint: disable=import-outside-toplevel
@@ -292,7 +294,7 @@ def measure(folder: pathlib.Path, size: int, corrupt: list[str], cache: pathlib.
     work = cache / "builds" / f"{path}_{size}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    (work / "config.json").write_text(json.dumps(build_config(folder, work / "tfds", path, workers)))
+    (work / "config.json").write_text(json.dumps(build_config(folder, work / "tfds", path, workers, beam_mode)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.fspath(REPO), os.environ.get("PYTHONPATH", "")]))
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
@@ -304,7 +306,7 @@ def measure(folder: pathlib.Path, size: int, corrupt: list[str], cache: pathlib.
     wall = time.perf_counter() - start
     if code != 0:  # a result too: recorded with the build's last error line, and the benchmark goes on
         errors = [line for line in (work / "build.log").read_text().splitlines() if "Error" in line]
-        return {"path": path, "variants": size, "workers": workers, "wall_s": round(wall, 2), "failed": code,
+        return {"path": path, "beam_mode": beam_mode if path == "beam" else None, "variants": size, "workers": workers, "wall_s": round(wall, 2), "failed": code,
                 "error": errors[-1] if errors else f"exit code {code}", "log": os.fspath(work / "build.log"),
                 "tree_peak_rss_mib": round(sampler.peak_total_kib / 1024, 1)}
     child = json.loads((work / "result.json").read_text())
@@ -317,7 +319,7 @@ def measure(folder: pathlib.Path, size: int, corrupt: list[str], cache: pathlib.
                        for rel in corrupt}
     cores = min(workers, os.cpu_count() or 1)
     return {
-        "path": path, "inputs": len(inputs), "variants": size, "corrupt": len(corrupt), "workers": workers,
+        "path": path, "beam_mode": beam_mode if path == "beam" else None, "inputs": len(inputs), "variants": size, "corrupt": len(corrupt), "workers": workers,
         "wall_s": round(wall, 2), "build_s": round(child["seconds"], 2),
         "files_per_s": round(len(inputs) / child["seconds"], 2),
         "files_per_s_per_core": round(len(inputs) / child["seconds"] / cores, 2),
@@ -345,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="1000,10000,100000", help="variants per corpus, comma-separated")
     parser.add_argument("--paths", default="default,beam", help=f"build paths, of {PATHS}")
     parser.add_argument("--workers", type=int, default=2, help="tokenizer processes / Beam workers (and writers)")
+    parser.add_argument("--beam-mode", default="in_memory", choices=("multi_threading", "multi_processing", "in_memory"),
+                        help="the DirectRunner's running mode (multi_processing loses elements at 10^5 files: docs/scaling.md)")
     parser.add_argument("--data", default=os.fspath(DEFAULT_DATA), help="folder holding POP909, POP1K7, ...")
     parser.add_argument("--max-songs", type=int, default=0, help="use only the first N songs (0: all)")
     parser.add_argument("--corrupt-every", type=int, default=250, help="one corrupt file per N variants")
@@ -371,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     for size in sizes:
         folder, corrupt = make_corpus(cache, pool, size, args.corrupt_every)
         for path in paths:
-            row = measure(folder, size, corrupt, cache, path, args.workers)
+            row = measure(folder, size, corrupt, cache, path, args.workers, args.beam_mode)
             results.append({k: v for k, v in row.items() if k != "dataset_dir"})
             if row.get("failed"):
                 print(f"{size:>7} files, {path:>7}: FAILED after {row['wall_s']:.1f} s: {row['error']} "

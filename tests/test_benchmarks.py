@@ -143,5 +143,17 @@ def test_bench_corpus_build_accounts_for_every_file_and_names_the_corrupt_ones(t
     assert row["files_per_s"] > 0 and row["parent_peak_rss_mib"] > 0 and row["shards"]["count"] >= 1
     assert row["examples_match_manifest"]  # the manifest's windows, the info's examples and the shards' records
     assert sum(c["shard_records"] for c in row["examples_check"].values()) == 24  # one window per short variant
-    beam = bench_corpus_build.build_config(folder, tmp_path / "tfds", "beam", 2)
-    assert beam["beam"] and "--direct_num_workers=2" in beam["beam_options"]
+    beam = bench_corpus_build.build_config(folder, tmp_path / "tfds", "beam", 2, "multi_threading")
+    assert beam["beam"] and "--direct_num_workers=2 --direct_running_mode=multi_threading" in beam["beam_options"]
+
+
+def test_beam_loss_probe_counts_every_stage(tmp_path):
+    """The pure-Beam probe of the DirectRunner's lost elements: on a small run nothing is lost, and the
+    counts it compares are the ones the pipeline's shape implies (1 of 10 pieces has no window, 1 of 17 two)."""
+    import beam_direct_runner_loss
+
+    out = tmp_path / "loss.json"
+    assert beam_direct_runner_loss.main(["--pieces", "340", "--rows", "4", "--mode", "in_memory", "--out", str(out)]) == 0
+    counts = json.loads(out.read_text())["counts"]
+    expected = sum(0 if i % 10 == 0 else 2 if i % 17 == 0 else 1 for i in range(340))
+    assert counts == {"tokenized": 340, "expected_examples": expected, "examples": expected, "written": expected}

@@ -326,6 +326,24 @@ def test_a_beam_build_short_of_examples_fails_by_split():
         beam.check_examples(built, {"train": 4, "validation": 1}, piece)
 
 
+@pytest.mark.parametrize("flags, warns", [
+    ("", False),  # no options: TFDS's DirectRunner, in_memory
+    ("--runner=DirectRunner --direct_num_workers=2", False),
+    ("--runner=DirectRunner --direct_num_workers=2 --direct_running_mode=multi_processing", True),
+    ("--direct_running_mode=multi_threading", True),
+    ("--runner=DataflowRunner --direct_running_mode=multi_processing", False),
+])
+def test_the_direct_runner_modes_that_dropped_examples_are_named_before_the_build(flags, warns):
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from midibert_jax.data import prepare
+
+    warning = prepare.direct_runner_warning(PipelineOptions(flags.split()))
+    assert bool(warning) == warns
+    if warns:
+        assert "in_memory" in warning and flags.split("=")[-1] in warning
+
+
 def test_fast_conversion_skips_beaming_without_changing_the_midi(tmp_path):
     """The worker parses without music21's beaming and pickle cache; the MIDI is byte for byte the same."""
     from music21 import converter

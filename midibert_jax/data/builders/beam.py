@@ -7,6 +7,10 @@ side input of per-piece window counts; the reference packing is assembled from p
 fragments grouped by window, so no worker holds a whole split. Beam builds produce the same
 examples and manifest as local builds (tested with the DirectRunner).
 
+A tokenized piece's tokens go to a file in the build folder (`tokens_dir`), and only its path
+travels to the step that makes its examples: the pipeline waits there for the side input, so a
+runner holds that PCollection whole (the DirectRunner in memory: 3 GiB of tokens at 10^5 files).
+
 A split's inputs travel as a JSON-lines file (`write_inputs`) rather than inside the pipeline
 graph, which stays small for 10^5 files; the manifest records come back the same way
 (`collect_records`).
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import numpy as np
 from etils import epath
@@ -26,12 +31,24 @@ from midibert_jax.data.errors import BuildError
 from midibert_jax.tokenizer import vocab
 
 
-def _piece_examples(record_and_result, counts: list[tuple[int, int]]):
+def _save_tokens(tokens: np.ndarray, folder: str, piece_id: int) -> str:
+    path = epath.Path(folder) / f"{piece_id}.npy"
+    with path.open("wb") as f:
+        np.save(f, tokens, allow_pickle=False)
+    return os.fspath(path)
+
+
+def _load_tokens(path: str) -> np.ndarray:
+    with epath.Path(path).open("rb") as f:
+        return np.load(f, allow_pickle=False)
+
+
+def _piece_examples(record_and_tokens, counts: list[tuple[int, int]]):
     """Beam: the examples of one piece, indexed after all earlier pieces of the split."""
-    record, result = record_and_result
+    record, tokens_path = record_and_tokens
     offsets = _offsets(counts)
     start = offsets[record.piece_id]
-    for w, window in enumerate(result.windows):
+    for w, window in enumerate(_load_tokens(tokens_path)):
         yield start + w, make_example(window, start + w, record.piece_id, w)
 
 
@@ -57,11 +74,11 @@ def _offsets(counts: list[tuple[int, int]]) -> dict[int, int]:
     return offsets
 
 
-def _reference_fragments(record_and_result, lengths: list[tuple[int, int]], max_len: int):
+def _reference_fragments(record_and_tokens, lengths: list[tuple[int, int]], max_len: int):
     """Beam: (window, (row_in_window, rows, piece_id)) slices of one piece's packed stream."""
-    record, result = record_and_result
+    record, tokens_path = record_and_tokens
     offset = _offsets(lengths)[record.piece_id]
-    for window, row, rows in windows.reference_fragments(result.stream, offset, max_len):
+    for window, row, rows in windows.reference_fragments(_load_tokens(tokens_path), offset, max_len):
         yield window, (row, rows, record.piece_id)
 
 
@@ -90,16 +107,18 @@ def _input_from_json(line: str) -> InputFile:
     return InputFile(**json.loads(line))
 
 
-def split_transform(inputs_path: str, config: MidiConfig, options: BuildOptions, records_path: str, task):
+def split_transform(inputs_path: str, config: MidiConfig, options: BuildOptions, records_path: str, task,
+                    tokens_folder: str):
     """A beam.PTransform producing the (key, example) pairs of one split.
 
     The split's inputs are read from `inputs_path` (JSON lines) rather than embedded in the
-    pipeline graph, which stays small for 10^5 files.
+    pipeline graph, which stays small for 10^5 files; each piece's tokens are written to
+    `tokens_folder` and read back by the step that makes its examples.
     """
     import apache_beam as beam  # pylint: disable=import-outside-toplevel
 
     class TokenizeDoFn(beam.DoFn):
-        """Tokenizes one input in a guarded worker process; yields (record, result)."""
+        """Tokenizes one input in a guarded worker process; yields (record, path of its tokens or None)."""
 
         def setup(self):
             self._pool = workers.WorkerPool(
@@ -108,7 +127,9 @@ def split_transform(inputs_path: str, config: MidiConfig, options: BuildOptions,
 
         def process(self, inp):
             outcome = self._pool.run(inp.path)
-            yield record_from_outcome(inp, outcome, config.packing)
+            record, result = record_from_outcome(inp, outcome, config.packing)
+            tokens = None if result is None else (result.windows if config.packing == "piece" else result.stream)
+            yield record, None if tokens is None else _save_tokens(tokens, tokens_folder, record.piece_id)
 
         def teardown(self):
             self._pool.close()
@@ -132,13 +153,13 @@ def split_transform(inputs_path: str, config: MidiConfig, options: BuildOptions,
             if config.packing == "piece":
                 counts = (
                     ok
-                    | "Counts" >> beam.Map(lambda rr: (rr[0].piece_id, len(rr[1].windows)))
+                    | "Counts" >> beam.Map(lambda rr: (rr[0].piece_id, rr[0].num_windows))
                     | "CountList" >> beam.combiners.ToList()
                 )
                 return ok | "Examples" >> beam.FlatMap(_piece_examples, counts=beam.pvalue.AsSingleton(counts))
             lengths = (
                 ok
-                | "Lengths" >> beam.Map(lambda rr: (rr[0].piece_id, len(rr[1].stream)))
+                | "Lengths" >> beam.Map(lambda rr: (rr[0].piece_id, rr[0].num_stream_rows))
                 | "LengthList" >> beam.combiners.ToList()
             )
             packed = (
@@ -163,8 +184,14 @@ def records_path(build_dir: epath.PathLike, split: str) -> epath.Path:
     return epath.Path(build_dir) / f"_records-{split}.jsonl"
 
 
+def tokens_dir(build_dir: epath.PathLike, split: str) -> epath.Path:
+    return epath.Path(build_dir) / f"_tokens-{split}"
+
+
 def write_inputs(build_dir: epath.PathLike, split: str, members: list[InputFile]) -> epath.Path:
-    """The split's inputs as JSON lines in the build folder (read by `split_transform`)."""
+    """The split's inputs as JSON lines in the build folder (read by `split_transform`), and the empty
+    folder its tokens go to."""
+    tokens_dir(build_dir, split).mkdir(parents=True, exist_ok=True)
     path = inputs_path(build_dir, split)
     path.write_text("".join(input_to_json(i) + "\n" for i in members))
     return path
@@ -179,6 +206,8 @@ def collect_records(build_dir: epath.PathLike, splits) -> list[manifest.FileReco
             records.extend(manifest.read_jsonl_records(part.read_text().splitlines()))
             part.unlink()
         inputs_path(build_dir, split).unlink(missing_ok=True)
+        if tokens_dir(build_dir, split).exists():
+            tokens_dir(build_dir, split).rmtree()
     return records
 
 
@@ -199,7 +228,9 @@ def check_examples(built: manifest.Manifest, examples: dict[str, int], config: M
     """Raises BuildError when a split's shards hold other than the examples its manifest makes.
 
     Apache Beam's DirectRunner (2.78, multi_processing, 2 workers) lost 20-45 % of a 90,000-window split
-    in two 10^5-file builds (docs/scaling.md), with no error; a dataset short of examples must not pass.
+    in two 10^5-file builds (docs/scaling.md), with no error; multi_threading loses elements too, and
+    benchmarks/beam_direct_runner_loss.py shows both without this project's code. A dataset short of
+    examples must not pass.
     """
     expected = expected_examples(built, config)
     wrong = {split: (examples.get(split, 0), n) for split, n in expected.items() if examples.get(split, 0) != n}

@@ -232,7 +232,8 @@ class MidiFolder(tfds.core.GeneratorBasedBuilder):
                     inputs = beam.write_inputs(self.data_path, split, members)
                     records = beam.records_path(self.data_path, split)
                     splits[split] = beam.split_transform(
-                        os.fspath(inputs), self.config, self.options, os.fspath(records), self._task()
+                        os.fspath(inputs), self.config, self.options, os.fspath(records), self._task(),
+                        os.fspath(beam.tokens_dir(self.data_path, split)),
                     )
             return splits
         self._tokenize_locally(pending)
