@@ -273,16 +273,21 @@ def shards(dataset_dir: pathlib.Path) -> dict:
             "min_bytes": min(sizes, default=0), "max_bytes": max(sizes, default=0)}
 
 
-def examples_check(built, dataset_dir: pathlib.Path) -> dict:
-    """Per split: the windows the manifest's ok records hold (piece packing: one example each), the examples
-    the dataset's info counts, and the records its shards hold. All three must agree: nothing lost."""
-    from midibert_jax.data.builders import common  # pylint: disable=import-outside-toplevel
+def examples_check(built, dataset_dir: pathlib.Path, config: dict) -> dict:
+    """Per split: the examples the manifest's ok records make under the build's own settings (its packing and
+    window length), the examples the dataset's info counts, and the records its shards hold. All three must
+    agree: nothing lost."""
+    import ml_collections  # pylint: disable=import-outside-toplevel
 
-    manifest_windows = {split: s["windows"] for split, s in built.summary()["splits"].items()}
+    from midibert_jax.data import prepare  # pylint: disable=import-outside-toplevel
+    from midibert_jax.data.builders import beam, common  # pylint: disable=import-outside-toplevel
+
+    midi_config = prepare.make_builder(ml_collections.ConfigDict(config)).builder_config
+    expected = beam.expected_examples(built.summary()["splits"], midi_config)
     info = built.info.get("examples", {})
-    return {split: {"manifest_windows": manifest_windows.get(split, 0), "info_examples": info.get(split, 0),
+    return {split: {"manifest_examples": expected.get(split, 0), "info_examples": info.get(split, 0),
                     "shard_records": len(common.load_data_source(dataset_dir, split))}
-            for split in sorted(set(manifest_windows) | set(info))}
+            for split in sorted(set(expected) | set(info))}
 
 
 def measure(folder: pathlib.Path, size: int, corrupt: list[str], cache: pathlib.Path, path: str, workers: int,
@@ -294,7 +299,8 @@ def measure(folder: pathlib.Path, size: int, corrupt: list[str], cache: pathlib.
     work = cache / "builds" / f"{path}_{size}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    (work / "config.json").write_text(json.dumps(build_config(folder, work / "tfds", path, workers, beam_mode)))
+    config = build_config(folder, work / "tfds", path, workers, beam_mode)
+    (work / "config.json").write_text(json.dumps(config))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.fspath(REPO), os.environ.get("PYTHONPATH", "")]))
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
@@ -329,7 +335,7 @@ def measure(folder: pathlib.Path, size: int, corrupt: list[str], cache: pathlib.
         "shards": shards(dataset_dir),
         "manifest": counts, "examples": built.info.get("examples", {}),
         "accounted": sum(counts.values()) == len(inputs) and sorted(by_path) == inputs,
-        "examples_check": (check := examples_check(built, dataset_dir)),
+        "examples_check": (check := examples_check(built, dataset_dir, config)),
         "examples_match_manifest": all(len(set(c.values())) == 1 for c in check.values()),
         "corrupt_files": corrupt_records,
         "all_corrupt_skipped_with_reason": all(r and r["status"] == "skipped" and r["reason"]

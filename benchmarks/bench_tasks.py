@@ -50,12 +50,14 @@ def run_task(task: str, seed: int, root: str, workdir: pathlib.Path, modifiers: 
     result = finetune.train_and_evaluate(config, str(workdir))
     test_path = paths.resolve(workdir) / paths.eval_file("test")
     test = evaluate.evaluate_workdir(str(workdir), "test") if not test_path.exists() else paths.read_json(test_path)
-    if test.get("step") != result["best_step"]:
-        test = evaluate.evaluate_workdir(str(workdir), "test")
+    note_level = "piece_accuracy" not in test
+    if test.get("step") != result["best_step"] or note_level and test.get("eval_views", 1) != config.train.eval_views:
+        test = evaluate.evaluate_workdir(str(workdir), "test")  # another step, or views (evaluations before views: 1)
     seconds, accuracy = analysis.time_to_accuracy(str(workdir))
     return {"task": task, "seed": seed, "spec": spec, "workdir": str(workdir), "best_step": result["best_step"],
             "validation_best_accuracy": result["best_accuracy"], "stopped": result["stopped"],
-            "test": {k: test[k] for k in ("accuracy", "macro_f1", "piece_accuracy", "piece_macro_f1") if k in test},
+            "test": {k: test[k] for k in ("accuracy", "macro_f1", "piece_accuracy", "piece_macro_f1", "eval_views")
+                     if k in test},
             "confusion_matrix": test.get("confusion_matrix"),
             "run_seconds": float(seconds[-1]) if len(seconds) else None,
             "this_invocation_seconds": round(time.monotonic() - start, 1),

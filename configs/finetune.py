@@ -149,6 +149,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.eval_every = 0
     # At most this many evaluation batches (0: the whole validation split).
     config.train.eval_batches = 0
+    # Note-level tasks: the evaluation of a finished run (`evaluate`, the experiment's test runs) predicts
+    # every note in this many windows, the piece cut at max_len * k / views notes (k = 0 .. views-1), and
+    # averages the probabilities, so that no note is judged only from one side of it (1: the stored windows).
+    # The validation runs during training, which choose the checkpoint, stay at 1 (they are many).
+    config.train.eval_views = 1
     # Early stopping: stop after this many evaluations without improvement (0: never stop early).
     config.train.patience = 10
     # What counts as improvement: 'accuracy' (validation accuracy rises) or 'accuracy_or_loss' (the
@@ -199,6 +204,9 @@ CPU_PITCH_SHIFT = {"note": 5, "composer": 5}
 # AdamW weight decay (0.01 otherwise): melody over-fits late in the run (validation loss rises after step 2,400);
 # 0.1 kept its validation loss lower (0.308 against 0.321 at the best step) for the same accuracy (pop909.md).
 CPU_WEIGHT_DECAY = {"melody": 0.1}
+# Evaluation views (train.eval_views): 128-note windows leave many notes near an edge. Chosen on validation
+# (docs/results/pop909.md: melody, 3 seeds, 1 / 2 / 4 views).
+CPU_EVAL_VIEWS = {"melody": 4}
 
 
 def _per_task(table: dict, task: str, level: str, default):
@@ -226,6 +234,7 @@ def _cpu_recipe(config: ml_collections.ConfigDict) -> None:
     config.train.epochs = 0
     config.train.steps = CPU_STEPS[level]
     config.train.eval_every = 400 if level == "note" else 100
+    config.train.eval_views = _per_task(CPU_EVAL_VIEWS, config.task.name, level, 1)
     config.train.patience = 0
     config.train.log_every = 50
 
@@ -239,6 +248,14 @@ def unread_fields(config: ml_collections.ConfigDict) -> dict[str, str]:
     if not config.train.init_from:
         why = "read only with train.init_from (a pre-trained encoder)"
         unread["train.init_step"] = unread["train.model_from_init"] = why
+    from midibert_jax.data import tasks  # pylint: disable=import-outside-toplevel
+
+    try:
+        level = tasks.get_task(config.task.name).level
+    except tasks.TaskConfigError:
+        level = ""  # an unknown task: the config's validation names it
+    if level and level != "note":
+        unread["train.eval_views"] = "read only by note-level tasks (a sequence task scores whole windows)"
     if not (config.augment.eval_mask or config.augment.eval_pitch_shift):
         unread["augment.eval_seed"] = "read only with augment.eval_mask or augment.eval_pitch_shift"
     return unread

@@ -128,6 +128,13 @@ def validate_finetune(config: ml_collections.ConfigDict, *, num_devices: int, nu
     fraction = config.train.get("piece_fraction", 1.0)
     if not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
         problems.append(f"train.piece_fraction={fraction!r} must be in (0, 1] (the fraction of training pieces used)")
+    views = config.train.get("eval_views", 1)
+    if not isinstance(views, int) or isinstance(views, bool) or not 1 <= views <= config.data.max_len:
+        problems.append(f"train.eval_views={views!r} must be an integer in [1, data.max_len] (windows per note at "
+                        "evaluation)")
+    elif views > 1 and (config.augment.get("eval_mask", False) or config.augment.get("eval_pitch_shift", False)):
+        problems.append(f"train.eval_views={views} averages clean predictions: it cannot be combined with "
+                        "augment.eval_mask or augment.eval_pitch_shift (set eval_views=1)")
     _model_mesh_batches_then_raise(config, num_devices, num_processes, problems)
 
 

@@ -43,7 +43,7 @@ def restore_params(workdir: str, step: int, abstract_params: Any) -> Any:
 
 def evaluate_workdir(
     workdir: str, split: str | None = None, *, which: str | int = "best", source: Any = None, max_batches: int = 0,
-    write: bool = True,
+    write: bool = True, views: int | None = None,
 ) -> dict[str, Any]:
     """Evaluates a fine-tuning or pre-training workdir; writes eval_<split>.json (and a confusion PNG).
 
@@ -54,19 +54,26 @@ def evaluate_workdir(
       source: the data source to evaluate (default: the split of the run's dataset).
       max_batches: at most this many batches (0: all).
       write: write the JSON and PNG files into the workdir.
+      views: note-level tasks: windows per note (`train.eval_views`; None: the run's own setting).
     Raises:
       run.NoCheckpointError: the workdir holds no checkpoint.
     """
     config, step = read_run(workdir, which)
     if "task" not in config:
         return _evaluate_pretrain(workdir, config, step, split, source, max_batches, write)
-    return _evaluate_finetune(workdir, config, step, split or "test", source, max_batches, write)
+    return _evaluate_finetune(workdir, config, step, split or "test", source, max_batches, write, views)
 
 
-def _evaluate_finetune(workdir, config, step, split, source, max_batches, write) -> dict[str, Any]:
+def _evaluate_finetune(workdir, config, step, split, source, max_batches, write, views=None) -> dict[str, Any]:
     from midibert_jax.train import finetune, task_info  # pylint: disable=import-outside-toplevel
 
     task = task_info.task_info(config)
+    if views is None:
+        views = int(config.train.get("eval_views", 1))
+    if views < 1:
+        raise ConfigError(f"evaluation views must be >= 1, got {views}")
+    views = views if task.level == "note" and not max_batches else 1
+    dataset_dir = None
     if source is None:
         from midibert_jax.data import prepare  # pylint: disable=import-outside-toplevel
 
@@ -75,9 +82,20 @@ def _evaluate_finetune(workdir, config, step, split, source, max_batches, write)
             source = pipeline.load_split(dataset_dir, split)
         except KeyError as e:
             raise ConfigError(f"the dataset of {workdir} has no {split!r} split ({dataset_dir})") from e
+    elif views > 1:
+        raise ConfigError(f"{workdir}: train.eval_views={views} needs the run's own dataset (its manifest says where "
+                          "each window starts); evaluate a given source with eval_views=1")
     trainer = finetune.FinetuneTrainer(config, task)
     params = restore_params(workdir, step, trainer.abstract_state.params)
-    result = trainer.evaluate(params, source, max_batches)
+    if views > 1:
+        from midibert_jax.train import note_views  # pylint: disable=import-outside-toplevel
+
+        result = trainer.evaluate_views(params, source, note_views.window_bars(dataset_dir), views,
+                                        where=f"{dataset_dir} ({split})")
+    else:
+        result = trainer.evaluate(params, source, max_batches)
+        if task.level == "note":
+            result["eval_views"] = 1
     result = {"task": task.name, "split": split, "step": step, "class_names": list(task.class_names), **result}
     if write and jax.process_index() == 0:
         folder = paths.resolve(workdir)

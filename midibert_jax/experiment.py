@@ -343,10 +343,16 @@ def read_record(workdir: str) -> dict[str, Any] | None:
     return paths.read_json(path) if path.exists() else None
 
 
+# Config keys added after runs were recorded, with the value that does what those runs did: a record without
+# the key and a plan with that value are the same run.
+ADDED_KEYS = {"train.eval_views": 1}
+
+
 def _changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     a, b = dict(flatten(old)), dict(flatten(new))
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
-            if a.get(k) != b.get(k) and k != "train.init_from"]
+            if a.get(k) != b.get(k) and k != "train.init_from"
+            and not (k not in a and k in ADDED_KEYS and b.get(k) == ADDED_KEYS[k])]
 
 
 def _change_note(record: dict[str, Any] | None, config: ml_collections.ConfigDict) -> str:

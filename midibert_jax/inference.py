@@ -213,6 +213,7 @@ class Predictor:
         blank_velocity: bool = False,
         batch_size: int = 8,
         source: str = "",
+        views: int = 1,
     ):
         """
         Args:
@@ -223,6 +224,8 @@ class Predictor:
           blank_velocity: blank the Velocity field of the input (the velocity task).
           batch_size: windows per forward pass.
           source: where it was loaded from (for messages).
+          views: note-level tasks: predict every note in this many windows cut at different offsets and
+            average (`train.note_views`; a run's `train.eval_views`).
         """
         self.model_config = model_config
         self.params = params
@@ -231,6 +234,9 @@ class Predictor:
         self.blank_velocity = blank_velocity or (task is not None and task.name == "velocity")
         self.batch_size = batch_size
         self.source = source
+        if views < 1:
+            raise ConfigError(f"views must be >= 1, got {views}")
+        self.views = int(views)
         encoder = models.build_encoder(model_config)
         self._hidden = jax.jit(
             lambda p, t: encoder.apply({"params": p}, t, masking.non_pad(t), deterministic=True).astype(jnp.float32)
@@ -243,7 +249,7 @@ class Predictor:
             )
 
     @classmethod
-    def load(cls, path: str, which: str | int = "best", batch_size: int = 8) -> "Predictor":
+    def load(cls, path: str, which: str | int = "best", batch_size: int = 8, views: int | None = None) -> "Predictor":
         """From a fine-tuning workdir (encoder + head), a pre-training workdir or an imported checkpoint (encoder).
 
         Raises:
@@ -252,7 +258,7 @@ class Predictor:
         with run_lib.Run.open(path) as run:
             if run.is_imported:
                 model_config = run.config.model
-                max_len, task, blank, step = model_config.max_len, None, False, None
+                max_len, task, blank, step, run_views = model_config.max_len, None, False, None, 1
             else:
                 step = run.step(which)
                 config = run.config_at(step)
@@ -260,13 +266,14 @@ class Predictor:
                 max_len = config.data.max_len if "data" in config and "max_len" in config.data else model_config.max_len
                 task = TaskInfo.from_config(config.task) if "task" in config else None
                 blank = bool(config.get("augment", {}).get("blank_velocity", False))
+                run_views = int(config.get("train", {}).get("eval_views", 1))
             model = models.build_classifier(model_config, task) if task is not None else models.build_encoder(model_config)
             abstract = _abstract_params(model, model_config.max_len)
             if task is None:
                 abstract = {"encoder": abstract}
             params = run.params(abstract=abstract, which=step if step is not None else which)
         return cls(model_config, params, max_len=max_len, task=task, blank_velocity=blank, batch_size=batch_size,
-                   source=str(path))
+                   source=str(path), views=run_views if views is None else views)
 
     def tokenize(self, midi: MidiInput) -> Tokenized:
         return tokenize(midi, self.max_len)
@@ -301,7 +308,14 @@ class Predictor:
         """(the tokenized piece, float32 [notes, classes]) for a note-level task."""
         self._require_task("note")
         tok = self.tokenize(midi)
-        return tok, tok.to_notes(self._run(self._probs, self.params, tok.windows))
+        if self.views == 1:
+            return tok, tok.to_notes(self._run(self._probs, self.params, tok.windows))
+        from midibert_jax.train import note_views  # pylint: disable=import-outside-toplevel
+
+        piece = note_views.Piece(0, tok.rows, np.zeros(len(tok.rows), np.int32))
+        probs = note_views.averaged_probabilities(lambda w: self._run(self._probs, self.params, w), [piece], self.max_len,
+                                                  self.views)
+        return tok, probs[0]
 
     def piece_probabilities(self, midi: MidiInput) -> tuple[Tokenized, np.ndarray, np.ndarray]:
         """(the tokenized piece, float [classes] mean over windows, float32 [windows, classes]) for a sequence task."""

@@ -319,11 +319,11 @@ def test_a_beam_build_short_of_examples_fails_by_split():
     built = manifest.Manifest(records)
     piece = corpus.folder_config("/x", max_len=32, packing="piece")
     reference = corpus.folder_config("/x", max_len=32, packing="reference")
-    assert beam.expected_examples(built, piece) == {"train": 5, "validation": 1}
-    assert beam.expected_examples(built, reference) == {"train": 4, "validation": 1}  # 128 rows: 4 windows of 32
-    beam.check_examples(built, {"train": 5, "validation": 1}, piece)
+    assert beam.expected_examples(built.summary()["splits"], piece) == {"train": 5, "validation": 1}
+    assert beam.expected_examples(built.summary()["splits"], reference) == {"train": 4, "validation": 1}  # 128 rows: 4 windows of 32
+    beam.check_examples(built.summary()["splits"], {"train": 5, "validation": 1}, piece)
     with pytest.raises(BuildError, match=r"train: 4 examples in the shards, 5 in the manifest"):
-        beam.check_examples(built, {"train": 4, "validation": 1}, piece)
+        beam.check_examples(built.summary()["splits"], {"train": 4, "validation": 1}, piece)
 
 
 @pytest.mark.parametrize("flags, warns", [

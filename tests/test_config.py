@@ -31,16 +31,16 @@ def test_cpu_recipe_per_task_tables_name_real_tasks_and_reach_the_config():
     from configs import finetune
 
     known = set(finetune.TASKS.values()) | set(finetune.CPU_STEPS)
-    for table in (finetune.CPU_PITCH_SHIFT, finetune.CPU_WEIGHT_DECAY):
+    for table in (finetune.CPU_PITCH_SHIFT, finetune.CPU_WEIGHT_DECAY, finetune.CPU_EVAL_VIEWS):
         assert set(table) <= known, set(table) - known
-    expected = {  # task: (rows per window, windows per step, steps, weight decay, transposition)
-        "melody": (128, 32, 3600, 0.1, 5), "velocity": (128, 32, 3600, 0.01, 5),
-        "composer": (512, 8, 1500, 0.01, 5), "emotion": (512, 8, 1500, 0.01, 0)}
+    expected = {  # task: (rows per window, windows per step, steps, weight decay, transposition, evaluation views)
+        "melody": (128, 32, 3600, 0.1, 5, 4), "velocity": (128, 32, 3600, 0.01, 5, 1),
+        "composer": (512, 8, 1500, 0.01, 5, 1), "emotion": (512, 8, 1500, 0.01, 0, 1)}
     for task, recipe in expected.items():
         config = load_config(f"configs/finetune.py:{task},cpu,scratch")
         validate(config, num_devices=1, num_processes=1)
         got = (config.data.max_len, config.data.batch_size, config.train.steps, config.optim.weight_decay,
-               config.augment.pitch_shift)
+               config.augment.pitch_shift, config.train.eval_views)
         assert got == recipe, (task, got)
 
 
@@ -114,6 +114,8 @@ def test_pretrain_command_validates_before_building_anything(tmp_path, capsys):
         ([("data.eval_batch_size", "3")], 2, 1, r"data.eval_batch_size=3 must be a multiple of 2"),
         ([("data.batch_size", "0")], 1, 1, "data.batch_size must be a positive integer"),
         ([("model.num_heads", "5")], 1, 1, "is not divisible by model.num_heads 5"),
+        ([("train.eval_views", "0")], 1, 1, r"train.eval_views=0 must be an integer in \[1, data.max_len\]"),
+        ([("train.eval_views", "4"), ("augment.eval_mask", "True")], 1, 1, "cannot be combined with augment.eval_mask"),
     ],
 )
 def test_fine_tuning_configs_are_validated_too(overrides, devices, processes, message):

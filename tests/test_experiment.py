@@ -407,3 +407,13 @@ def test_running_again_reuses_the_finished_runs_and_completes_the_report(smoke):
         lines = (workdir / "pretrain" / f"{arm}_s1" / "metrics.jsonl").read_text().splitlines()
         assert any("train/mask/book_updates" in line for line in lines) == has_book
     assert os.path.isdir(workdir / "pretrain" / "random_s1" / "checkpoints")
+
+
+def test_a_key_added_since_a_run_was_recorded_is_no_change_at_the_value_that_does_what_the_run_did():
+    from midibert_jax import experiment as experiment_lib  # pylint: disable=import-outside-toplevel
+
+    recorded = {"train": {"steps": 200}}
+    assert experiment_lib._changed_keys(recorded, {"train": {"steps": 200, "eval_views": 1}}) == []
+    assert experiment_lib._changed_keys(recorded, {"train": {"steps": 200, "eval_views": 4}}) == [
+        "train.eval_views: None -> 4"]
+    assert experiment_lib._changed_keys(recorded, {"train": {"steps": 300}}) == ["train.steps: 200 -> 300"]

@@ -16,6 +16,7 @@ from pretrain_helpers import nonfinite_at
 from midibert_jax import config_loading
 from midibert_jax import evaluate as evaluation
 from midibert_jax.config_loading import ConfigError
+from midibert_jax.data import windows as windows_lib
 from midibert_jax.tokenizer import vocab
 from midibert_jax.train import classification_metrics as cm_lib
 from midibert_jax.run import Run
@@ -224,6 +225,38 @@ def test_evaluation_is_deterministic_and_written(note_run):
     assert np.asarray(written["confusion_matrix"]).sum() == notes == written["count"]  # every note, once
     with open(os.path.join(workdir, "eval_validation_confusion.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluation_views_run_the_model_on_each_cut_and_average(note_run):
+    """One view is the plain evaluation; two views average, per note, the model's probabilities from two cuts."""
+    from midibert_jax.train import note_views  # pylint: disable=import-outside-toplevel
+
+    workdir, data, _, _ = note_run
+    config, step = evaluation.read_run(workdir)
+    trainer = finetune.FinetuneTrainer(config, NOTE_TASK)
+    params = evaluation.restore_params(workdir, step, trainer.abstract_state.params)
+    valid = []  # as a build stores them: one window a piece, its bars re-based to start at 0
+    for e in data.valid:
+        tokens = np.array(e["tokens"])
+        real = tokens[:, vocab.BAR] != vocab.PAD_ROW[vocab.BAR]
+        tokens[real, vocab.BAR] -= tokens[0, vocab.BAR]
+        valid.append({**e, "tokens": tokens})
+    bars = {int(e["piece_id"]): [0] for e in valid}
+    plain = trainer.evaluate(params, valid)
+    one = trainer.evaluate_views(params, valid, bars, 1)
+    assert one["confusion_matrix"] == plain["confusion_matrix"] and one["count"] == plain["count"]
+    assert one["loss"] == pytest.approx(plain["loss"], rel=1e-4)
+    two = trainer.evaluate_views(params, valid, bars, 2)
+    assert two["count"] == plain["count"] and two["eval_views"] == 2
+    piece = note_views.gather_pieces(valid[:1], bars)[0]  # by hand: its notes in windows [0, 16) and [16, n)
+    n = len(piece.rows)
+    cut = np.stack([windows_lib.pad_window(np.concatenate([piece.rows[a:b, :1] - piece.rows[a, 0], piece.rows[a:b, 1:]], 1), L)
+                    for a, b in ((0, 16), (16, n))])
+    halves = trainer.note_probabilities(params, cut)
+    whole = trainer.note_probabilities(params, windows_lib.pad_window(piece.rows, L)[None])[0, :n]
+    by_hand = (whole + np.concatenate([halves[0, :16], halves[1, : n - 16]])) / 2
+    np.testing.assert_allclose(note_views.averaged_probabilities(
+        lambda w: trainer.note_probabilities(params, w), [piece], L, 2)[0], by_hand, rtol=1e-5, atol=1e-6)
 
 
 def test_reference_evaluation_is_repeatable(note_run):

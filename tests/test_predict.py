@@ -142,6 +142,24 @@ def test_predict_melody_writes_every_note_once(tmp_path, melody_workdir, capsys)
     assert summary["task"] == "melody" and sum(summary["class_counts"].values()) == summary["notes"] == NUM_NOTES
 
 
+def test_predict_with_views_averages_the_shifted_cuts(tmp_path, melody_workdir):
+    """views=2: each note's probabilities are the mean of the stored cut's and of a cut starting half a window in."""
+    from midibert_jax.data import windows as windows_lib  # pylint: disable=import-outside-toplevel
+
+    song = write_song(tmp_path / "song.mid")
+    one = inference.Predictor.load(melody_workdir, views=1)
+    two = inference.Predictor.load(melody_workdir, views=2)
+    tok, plain = one.note_probabilities(song)
+    _, averaged = two.note_probabilities(song)
+    shifted = np.zeros_like(plain)
+    for start, end in windows_lib.view_bounds(tok.rows[:, 0], L, L // 2):
+        rows = tok.rows[start:end].copy()
+        rows[:, 0] -= rows[0, 0]
+        shifted[start:end] = one._run(one._probs, one.params, windows_lib.pad_window(rows, L)[None])[0, : end - start]
+    np.testing.assert_allclose(averaged, (plain + shifted) / 2, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(averaged, plain)  # the second cut changes something
+
+
 def test_split_tracks_and_velocities_follow_the_predictions(tmp_path):
     song = write_song(tmp_path / "song.mid")
     tok = inference.tokenize(song, L)

@@ -23,6 +23,7 @@ from midibert_jax.data import dataset_lock, errors, manifest, pipeline, prepare,
 from midibert_jax.data import labels as labelling
 from midibert_jax.data.builders import task_base, task_kinds
 from midibert_jax.tokenizer import vocab
+from midibert_jax.train import note_views
 
 MAX_LEN = 32
 SPLITS = json.loads(pathlib.Path(task_base.OFFICIAL_SPLITS_PATH).read_text())
@@ -222,6 +223,17 @@ def test_pop909_melody_uses_the_official_split_and_labels_every_note(pop909_root
     assert tasks.dataset_task(dataset_dir).class_names == tasks.MELODY_CLASSES
     # A multi-window piece: windows cover its notes in order.
     assert max(int(e["window"]) for e in read_split(dataset_dir, "test")) >= 1
+    # The manifest's window bars put every piece back together, absolute bars and all (evaluation views).
+    bars = note_views.window_bars(dataset_dir)
+    by_id = {r.piece_id: r for r in records.values()}
+    for split in ("train", "test"):
+        pieces = note_views.gather_pieces(read_split(dataset_dir, split), bars)
+        assert sorted(p.piece_id for p in pieces) == sorted(r.piece_id for r in records.values() if r.split == split)
+        for piece in pieces:
+            assert len(bars[piece.piece_id]) == by_id[piece.piece_id].num_windows
+            song = tokenizer.encode_file(os.fspath(pop909_root / "POP909" / by_id[piece.piece_id].path))
+            np.testing.assert_array_equal(piece.rows, song)
+            np.testing.assert_array_equal(piece.labels, pitch_class(song[:, vocab.PITCH]))
 
 
 def test_pop909_velocity_blanks_the_velocity_input(pop909_root, tmp_path):

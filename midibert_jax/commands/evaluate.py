@@ -18,13 +18,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fine-tuning: which split (default test); pre-training runs use validation")
     parser.add_argument("--step", default="best", help="checkpoint: best (default), latest or a step number")
     parser.add_argument("--max-batches", type=int, default=0, help="evaluate at most this many batches (0: all)")
+    parser.add_argument("--views", type=int, default=None,
+                        help="note-level tasks: predict every note in this many windows, cut at different offsets, "
+                             "and average (default: the run's train.eval_views)")
 
 
 def _print_finetune(result: dict, workdir: str) -> None:
     split = result["split"]
     print(f"[evaluate] {result['task']} {split} (step {result['step']}): accuracy {result['accuracy']:.4f}, "
           f"macro-F1 {result['macro_f1']:.4f} over {result['count']} "
-          f"{'windows' if 'piece_accuracy' in result else 'notes'}")
+          f"{'windows' if 'piece_accuracy' in result else 'notes'}"
+          + (f", {result['eval_views']} views a note" if result.get("eval_views", 1) > 1 else ""))
     if "piece_accuracy" in result:
         print(f"[evaluate] piece accuracy {result['piece_accuracy']:.4f}, piece macro-F1 "
               f"{result['piece_macro_f1']:.4f} over {result['num_pieces']} pieces")
@@ -42,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     from midibert_jax import evaluate  # pylint: disable=import-outside-toplevel
     from midibert_jax.run import canonical_metric  # pylint: disable=import-outside-toplevel
 
-    result = evaluate.evaluate_workdir(args.workdir, args.split, which=args.step, max_batches=args.max_batches)
+    result = evaluate.evaluate_workdir(args.workdir, args.split, which=args.step, max_batches=args.max_batches,
+                                       views=getattr(args, "views", None))
     if result.get("kind") == "pretrain":
         scalars = {canonical_metric(k): v for k, v in result.items() if isinstance(v, float)}
         fields = " ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in scalars.items() if k.startswith("eval/accuracy/"))

@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--top", type=int, default=3, help="sequence tasks: classes to show (default %(default)s)")
     parser.add_argument("--step", default="best", help="checkpoint: best (default), latest or a step number")
+    parser.add_argument("--views", type=int, default=None,
+                        help="note tasks: predict every note in this many windows cut at different offsets and "
+                             "average (default: the run's train.eval_views)")
 
 
 def predict(args: argparse.Namespace) -> dict:
@@ -35,7 +38,7 @@ def predict(args: argparse.Namespace) -> dict:
 
     if not args.midi.exists():
         raise FileNotFoundError(f"{args.midi}: no such file")
-    predictor = inference.Predictor.load(args.workdir, args.step)
+    predictor = inference.Predictor.load(args.workdir, args.step, views=getattr(args, "views", None))
     task = predictor.task
     if task is None:
         raise inference.NotAClassifierError(

@@ -165,4 +165,4 @@ def label_note_piece(
     if mode == "velocity" and blank_velocity:
         tokens[:, :, vocab.VELOCITY] = vocab.PAD_ROW[vocab.VELOCITY]
     return NotePieceResult(num_notes=len(rows), windows=tokens, labels=window_labels, notes=notes,
-                           unmapped=unmapped_names)
+                           unmapped=unmapped_names, window_bars=[int(rows[start, vocab.BAR]) for start, _ in bounds])

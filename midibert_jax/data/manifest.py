@@ -58,6 +58,10 @@ class FileRecord:
     # Windows (piece packing) or rows of the packed stream incl. EOS (reference packing).
     num_windows: int = 0
     num_stream_rows: int = 0
+    # Piece packing: the absolute bar each window starts at (windows re-base their bars to 0), so that
+    # evaluation can put the piece back together and cut it again (`train.eval_views`). Empty in builds
+    # made before 2026-12-07.
+    window_bars: list[int] = dataclasses.field(default_factory=list)
     # Seconds spent on the file (tokenization; wall-clock, not reproducible).
     seconds: float = 0.0
 
@@ -143,11 +147,15 @@ class Manifest:
             **{k: v for k, v in self.info.items() if k not in ("records",)},
         }
 
-    def write(self, directory: epath.PathLike) -> None:
+    def write(self, directory: epath.PathLike, summary: dict[str, Any] | None = None) -> None:
+        """Writes the records and their summary (`summary`: this manifest's `summary()`, when already made)."""
         directory = epath.Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / MANIFEST_FILENAME).write_text("".join(r.to_json() + "\n" for r in self.records))
-        (directory / SUMMARY_FILENAME).write_text(json.dumps(self.summary(), indent=1, sort_keys=True) + "\n")
+        with (directory / MANIFEST_FILENAME).open("w") as f:  # line by line: 10^5 records are ~50 MB of text
+            for r in self.records:
+                f.write(r.to_json() + "\n")
+        summary = self.summary() if summary is None else summary
+        (directory / SUMMARY_FILENAME).write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
 
     @classmethod
     def load(cls, directory: epath.PathLike) -> "Manifest":

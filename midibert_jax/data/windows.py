@@ -58,6 +58,26 @@ def piece_window_bounds(bars: np.ndarray, max_len: int, max_bars: int = vocab.MA
     return bounds
 
 
+def piece_window_bars(rows_abs: np.ndarray, max_len: int) -> np.ndarray:
+    """int64 [W]: the absolute bar of each `piece_windows` window's first row (what its re-basing took
+    away), so that a piece's note stream can be put back together from its windows."""
+    rows = _check_rows(rows_abs)
+    return np.asarray([rows[start, vocab.BAR] for start, _ in piece_window_bounds(rows[:, vocab.BAR], max_len)],
+                      np.int64)
+
+
+def view_bounds(bars: np.ndarray, max_len: int, offset: int) -> list[tuple[int, int]]:
+    """[start, end) row ranges of a piece cut as `piece_window_bounds` does, but with the first window
+    ending at row `offset` (0: exactly `piece_window_bounds`). Evaluation views: each note lands at
+    another place of its window in each view."""
+    bars = np.asarray(bars)
+    if not 0 <= offset < max(max_len, 1):
+        raise ValueError(f"offset must be in [0, max_len), got {offset} with max_len {max_len}")
+    head = min(offset, len(bars))
+    bounds = piece_window_bounds(bars[:head], max_len) if head else []
+    return bounds + [(start + head, end + head) for start, end in piece_window_bounds(bars[head:], max_len)]
+
+
 def pad_window(rows: np.ndarray, max_len: int) -> np.ndarray:
     """int32 [max_len, 8]: `rows` followed by PAD rows."""
     if len(rows) > max_len:

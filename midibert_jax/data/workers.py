@@ -283,6 +283,7 @@ class PieceResult:
 
     `windows` int32 [W, max_len, 8] (piece packing) or `stream` int32 [M, 8] (reference
     packing); `reason`/`error_kind` set (and arrays empty) when the tokenizer rejected the file.
+    `window_bars`: the absolute bar each window starts at (piece packing; `windows.piece_window_bars`).
     """
 
     num_notes: int = 0
@@ -291,6 +292,7 @@ class PieceResult:
     reason: str | None = None
     error_kind: str | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
+    window_bars: list[int] = dataclasses.field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -312,7 +314,8 @@ def tokenize_piece(path: str, *, max_len: int, packing: str) -> PieceResult:
     if num_bars > tokenizer.vocab.MAX_BARS:
         notes.append(f"{num_bars} bars: cut at 256-bar limits")
     if packing == "piece":
-        return PieceResult(num_notes=len(rows), windows=windows_lib.piece_windows(rows, max_len), notes=notes)
+        return PieceResult(num_notes=len(rows), windows=windows_lib.piece_windows(rows, max_len), notes=notes,
+                           window_bars=windows_lib.piece_window_bars(rows, max_len).tolist())
     if packing == "reference":
         return PieceResult(num_notes=len(rows), stream=windows_lib.reference_stream(rows), notes=notes)
     raise ValueError(f"unknown packing {packing!r}; expected one of {windows_lib.PACKINGS}")

@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from midibert_jax import config_validation, paths
@@ -147,6 +148,32 @@ def make_eval_step(model, level: str, aug_cfg: augment.AugmentConfig, num_classe
     return eval_step
 
 
+def make_probs_step(model, aug_cfg: augment.AugmentConfig):
+    """(params, batch of tokens/index) -> {"probs" float32 [B, L, C], "index" [B]}: clean note-level predictions
+    (the evaluation input: velocity blanked when the task does; no masking, no transposition)."""
+
+    def probs_step(params, batch):
+        tokens, index = batch["tokens"], batch["index"]
+        x = augment.transform(jax.random.key(aug_cfg.eval_seed), tokens, index, aug_cfg, train=False)
+        logits = model.apply({"params": params}, x.tokens, masking.non_pad(tokens), deterministic=True)
+        return {"probs": jax.nn.softmax(logits.astype(jnp.float32), axis=-1), "index": index}
+
+    return probs_step
+
+
+class _Windows:
+    """A data source of bare windows (int32 [W, L, 8]); an example's index is its position."""
+
+    def __init__(self, windows):
+        self.windows = windows
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, position: int) -> dict[str, Any]:
+        return {"tokens": self.windows[position], "index": position, "piece_id": -1, "window": -1}
+
+
 # ----------------------------------------------------------------------------- set-up
 
 
@@ -201,6 +228,7 @@ class FinetuneTrainer(trainer_lib.Trainer):
         self.train_step = self.jit_train_step(wrap_step(step) if wrap_step else step, self.train_keys)
         self.eval_step = self.jit_eval_step(make_eval_step(self.model, level, self.aug_cfg, task.num_classes),
                                             self.eval_keys)
+        self._probs_step = None  # jitted on first use (evaluation views)
 
     def put_batch(self, batch, keys: Sequence[str]) -> dict[str, jax.Array]:
         if self.task.target_key not in batch:
@@ -229,6 +257,29 @@ class FinetuneTrainer(trainer_lib.Trainer):
                     break
                 outputs.append(self.eval_step(params, self.put_batch(batch, self.eval_keys)))
         return classification_metrics.summarize_eval(jax.device_get(outputs), self.task)
+
+    def note_probabilities(self, params, windows) -> Any:
+        """float32 [W, L, C]: the class probabilities of every row of `windows` (note-level tasks), batched and
+        sharded like evaluation; every process gets all of them."""
+        if self._probs_step is None:
+            self._probs_step = self.jit_eval_step(make_probs_step(self.model, self.aug_cfg), ("tokens", "index"))
+        data_cfg = self.config.data
+        out = np.zeros(tuple(windows.shape[:2]) + (self.task.num_classes,), np.float32)
+        it = pipeline.eval_iterator(_Windows(windows), global_batch_size=data_cfg.eval_batch_size,
+                                    num_threads=data_cfg.read_threads, prefetch=data_cfg.prefetch)
+        with self.activate():
+            for batch in it:
+                got = jax.device_get(self._probs_step(params, trainer_lib.Trainer.put_batch(self, batch, ("tokens", "index"))))
+                real = np.asarray(got["index"]) >= 0
+                out[np.asarray(got["index"])[real]] = got["probs"][real]
+        return out
+
+    def evaluate_views(self, params, source, bars, views: int, where: str = "the dataset") -> dict[str, Any]:
+        """Note-level metrics over `source` with every note predicted in `views` windows (`note_views`)."""
+        from midibert_jax.train import note_views  # pylint: disable=import-outside-toplevel
+
+        return note_views.evaluate_views(lambda w: self.note_probabilities(params, w), source, bars, self.task,
+                                         max_len=self.config.data.max_len, views=views, where=where)
 
 
 def _has_checkpoint(workdir: str) -> bool:

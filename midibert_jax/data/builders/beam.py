@@ -211,11 +211,12 @@ def collect_records(build_dir: epath.PathLike, splits) -> list[manifest.FileReco
     return records
 
 
-def expected_examples(built: manifest.Manifest, config: MidiConfig) -> dict[str, int]:
-    """Examples per split that the manifest's ok records make: their windows (piece packing), or their
-    packed stream cut into windows of max_len, plus the all-PAD window when asked for (reference packing)."""
+def expected_examples(splits: dict[str, dict[str, int]], config: MidiConfig) -> dict[str, int]:
+    """Examples per split that the manifest's ok records make (`splits`: `Manifest.summary()["splits"]`): their
+    windows (piece packing), or their packed stream cut into windows of max_len, plus the all-PAD window when
+    asked for (reference packing)."""
     expected = {}
-    for split, counts in built.summary()["splits"].items():
+    for split, counts in splits.items():
         if config.packing == "piece":
             expected[split] = counts["windows"]
         else:
@@ -224,7 +225,7 @@ def expected_examples(built: manifest.Manifest, config: MidiConfig) -> dict[str,
     return {split: n for split, n in expected.items() if n}
 
 
-def check_examples(built: manifest.Manifest, examples: dict[str, int], config: MidiConfig) -> None:
+def check_examples(splits: dict[str, dict[str, int]], examples: dict[str, int], config: MidiConfig) -> None:
     """Raises BuildError when a split's shards hold other than the examples its manifest makes.
 
     Apache Beam's DirectRunner (2.78, multi_processing, 2 workers) lost 20-45 % of a 90,000-window split
@@ -232,7 +233,7 @@ def check_examples(built: manifest.Manifest, examples: dict[str, int], config: M
     benchmarks/beam_direct_runner_loss.py shows both without this project's code. A dataset short of
     examples must not pass.
     """
-    expected = expected_examples(built, config)
+    expected = expected_examples(splits, config)
     wrong = {split: (examples.get(split, 0), n) for split, n in expected.items() if examples.get(split, 0) != n}
     wrong.update({split: (n, 0) for split, n in examples.items() if split not in expected and n})
     if wrong:

@@ -227,6 +227,7 @@ def record_from_outcome(inp: InputFile, outcome: workers.Outcome, packing: str) 
     record = inp.record(
         status="ok", notes=inp.notes + result.notes, num_notes=result.num_notes, num_windows=n_windows,
         num_stream_rows=n_rows, seconds=outcome.seconds,
+        window_bars=[int(b) for b in result.window_bars] if packing == "piece" else [],
     )
     return record, result
 
