@@ -149,7 +149,7 @@ def _task_data(config: ml_collections.ConfigDict, sources: tuple[str, ...], task
     config.pretrain.spec = "configs/pretrain.py:base,data=tasks" if tpu else "configs/pretrain.py:mini,runlocal,data=tasks"
     config.tasks = tuple(f"configs/finetune.py:{t}" if tpu else f"configs/finetune.py:{t},cpu" for t in tasks)
     if not tpu:  # the cpu recipe's evaluation views were chosen for its 128-note windows; these runs cut 512
-        for task in ("melody",):
+        for task in ("melody", "velocity"):
             if task in tasks:
                 config.task_overrides[task] = ml_collections.ConfigDict({"train": {"eval_views": 1}})
 

@@ -34,7 +34,7 @@ def test_cpu_recipe_per_task_tables_name_real_tasks_and_reach_the_config():
     for table in (finetune.CPU_PITCH_SHIFT, finetune.CPU_WEIGHT_DECAY, finetune.CPU_EVAL_VIEWS):
         assert set(table) <= known, set(table) - known
     expected = {  # task: (rows per window, windows per step, steps, weight decay, transposition, evaluation views)
-        "melody": (128, 32, 3600, 0.1, 5, 4), "velocity": (128, 32, 3600, 0.01, 5, 1),
+        "melody": (128, 32, 3600, 0.1, 5, 4), "velocity": (128, 32, 3600, 0.01, 5, 4),
         "composer": (512, 8, 1500, 0.01, 5, 1), "emotion": (512, 8, 1500, 0.01, 0, 1)}
     for task, recipe in expected.items():
         config = load_config(f"configs/finetune.py:{task},cpu,scratch")

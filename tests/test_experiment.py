@@ -241,6 +241,8 @@ def test_task_data_variants_take_one_root_per_dataset_and_validate(variant, tmp_
         assert plan.pretrain[0].config.model.size == "base" and plan.pretrain[0].config.data.max_len == 512
     else:
         assert plan.pretrain[0].config.model.size == "mini"
+        # 512-note windows: one view a note (the cpu recipe's 4 views were chosen for its 128-note windows)
+        assert {r.config.train.eval_views for r in plan.finetune if r.task in ("melody", "velocity")} == {1}
 
 
 def _config_of(variant):
