@@ -250,8 +250,14 @@ def test_evaluation_views_run_the_model_on_each_cut_and_average(note_run):
     assert two["count"] == plain["count"] and two["eval_views"] == 2
     piece = note_views.gather_pieces(valid[:1], bars)[0]  # by hand: its notes in windows [0, 16) and [16, n)
     n = len(piece.rows)
-    cut = np.stack([windows_lib.pad_window(np.concatenate([piece.rows[a:b, :1] - piece.rows[a, 0], piece.rows[a:b, 1:]], 1), L)
-                    for a, b in ((0, 16), (16, n))])
+    assert 16 < n <= L
+
+    def rebased(a, b):
+        rows = piece.rows[a:b].copy()
+        rows[:, vocab.BAR] -= rows[0, vocab.BAR]
+        return windows_lib.pad_window(rows, L)
+
+    cut = np.stack([rebased(0, 16), rebased(16, n)])
     halves = trainer.note_probabilities(params, cut)
     whole = trainer.note_probabilities(params, windows_lib.pad_window(piece.rows, L)[None])[0, :n]
     by_hand = (whole + np.concatenate([halves[0, :16], halves[1, : n - 16]])) / 2

@@ -268,10 +268,11 @@ class FinetuneTrainer(trainer_lib.Trainer):
         it = pipeline.eval_iterator(_Windows(windows), global_batch_size=data_cfg.eval_batch_size,
                                     num_threads=data_cfg.read_threads, prefetch=data_cfg.prefetch)
         with self.activate():
-            for batch in it:
-                got = jax.device_get(self._probs_step(params, trainer_lib.Trainer.put_batch(self, batch, ("tokens", "index"))))
-                real = np.asarray(got["index"]) >= 0
-                out[np.asarray(got["index"])[real]] = got["probs"][real]
+            for batch in it:  # the base put_batch: these batches carry no labels
+                arrays = trainer_lib.Trainer.put_batch(self, batch, ("tokens", "index"))
+                got = jax.device_get(self._probs_step(params, arrays))
+                index = np.asarray(got["index"])
+                out[index[index >= 0]] = got["probs"][index >= 0]
         return out
 
     def evaluate_views(self, params, source, bars, views: int, where: str = "the dataset") -> dict[str, Any]:
