@@ -9,7 +9,7 @@ validation accuracy more than any change of training tried on a 2-core budget.
 The pieces are put back together from the stored windows and the absolute bar each window starts at
 (`FileRecord.window_bars` in the dataset's manifest; windows re-base their bars to 0).
 
-    result = evaluate_views(probs_fn, source, window_bars, task, max_len=128, views=4, batch_size=16)
+    result = evaluate_views(probs_fn, source, window_bars, task, max_len=128, views=4)
 """
 
 from __future__ import annotations
