@@ -14,7 +14,11 @@ A fine-tuning run is finished when its folder holds `experiment_run.json` and an
 its current best step, newer than its newest checkpoint: running again reuses it (even when the
 config changed since: a note says which keys; delete the folder to redo it), resumes an interrupted
 run and starts the others. The aggregation (`summarize`) covers the finished runs and says which are
-missing. Pure functions below the runner: they are tested on synthetic numbers.
+missing. A finished run's results are its record, eval_test.json and metrics: its checkpoints may go (a
+copy made with `rsync -a --exclude checkpoints` continues elsewhere); a pre-training run is redone only
+while a fine-tuning run still needs it, and its parameter fingerprint (`params_sha256`, also in every
+record it started) says whether the redone encoder is the recorded one. Pure functions below the runner:
+they are tested on synthetic numbers.
 """
 
 from __future__ import annotations
@@ -325,6 +329,8 @@ def _current_test_eval(workdir: str) -> dict[str, Any] | None:
     path = paths.resolve(workdir) / paths.eval_file("test")
     if not path.exists():
         return None
+    if not (paths.resolve(workdir) / paths.CHECKPOINTS).exists():  # pruned (or copied without them): results stay
+        return paths.read_json(path)
     try:
         with run_lib.Run.open(workdir) as run:
             best, latest = run.step("best"), run.latest_step
@@ -335,6 +341,33 @@ def _current_test_eval(workdir: str) -> dict[str, Any] | None:
     if result.get("step") != best or _mtime(path) < _mtime(newest):
         return None
     return result
+
+
+def is_finished(run: FinetuneRun) -> bool:
+    """A fine-tuning run with its record and a current test evaluation (its checkpoints may be gone)."""
+    return read_record(run.workdir) is not None and _current_test_eval(run.workdir) is not None
+
+
+def params_fingerprint(workdir: str) -> str:
+    """sha256 over a run's latest parameters (every array's key path, dtype, shape and bytes, in key order).
+
+    A pre-training run is redone when its checkpoints are gone but a fine-tuning run still needs it: equal
+    fingerprints show the redone encoder is the one the finished fine-tuning runs started from."""
+    import hashlib  # pylint: disable=import-outside-toplevel
+
+    import jax  # pylint: disable=import-outside-toplevel
+    import numpy as np  # pylint: disable=import-outside-toplevel
+
+    from midibert_jax import run as run_lib  # pylint: disable=import-outside-toplevel
+
+    with run_lib.Run.open(workdir) as run:
+        params = run.params(which="latest")
+    digest = hashlib.sha256()
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    for key, leaf in sorted((jax.tree_util.keystr(k), np.asarray(v)) for k, v in leaves):
+        digest.update(f"{key}:{leaf.dtype}:{leaf.shape};".encode())
+        digest.update(np.ascontiguousarray(leaf).tobytes())
+    return digest.hexdigest()
 
 
 def read_record(workdir: str) -> dict[str, Any] | None:
@@ -392,8 +425,8 @@ def run_finetune(run: FinetuneRun, metrics: Sequence[str], say: Callable[[str], 
     from midibert_jax.train import finetune  # pylint: disable=import-outside-toplevel
 
     label = label or f"[experiment] {run.describe()}"
-    record = read_record(run.workdir)
-    if record is not None and _current_test_eval(run.workdir) is not None:
+    if is_finished(run):
+        record = read_record(run.workdir)
         say(f"{label}: finished earlier, reused: {_outcome(record, metrics)}" + _change_note(record, run.config))
         return record
     start = time.monotonic()
@@ -406,6 +439,8 @@ def run_finetune(run: FinetuneRun, metrics: Sequence[str], say: Callable[[str], 
     record = {**run.key(), "test": {m: float(test[m]) for m in metrics if m in test},
               "validation_best_accuracy": result.get("best_accuracy"), "best_step": test.get("step"),
               "seconds": round(time.monotonic() - start, 2), "config": _plain(run.config)}
+    if run.pretrain_workdir is not None:  # which encoder it started from (see params_fingerprint)
+        record["pretrain_sha256"] = (read_record(run.pretrain_workdir) or {}).get("params_sha256")
     if _is_primary():
         paths.write_json(paths.resolve(run.workdir) / paths.EXPERIMENT_RUN, record)
     say(f"{label}: {_outcome(record, metrics)}")
@@ -422,21 +457,31 @@ def run_pretrain(run: PretrainRun, say: Callable[[str], Any] = print) -> bool:
             latest = existing.latest_step
     except run_lib.NoCheckpointError:
         latest = None
+    record = read_record(run.workdir)
     seconds = None
     if latest is not None and latest >= run.config.train.steps:
-        record = read_record(run.workdir)
         say(f"[experiment]   finished earlier (step {latest}): reused" + _change_note(record, run.config))
-        if record is not None:
+        if record is not None and record.get("params_sha256"):
             return True
+        seconds = (record or {}).get("seconds")  # a record written before fingerprints: add one
     else:
         start = time.monotonic()
         result = pretrain.train_and_evaluate(run.config, run.workdir)
         if "preempted_at" in result:
             return False
         seconds = round(time.monotonic() - start, 2)
+    fingerprint = params_fingerprint(run.workdir)
+    if record is not None and record.get("params_sha256") and latest is None:  # redone after its checkpoints went
+        same = record["params_sha256"] == fingerprint
+        say("[experiment]   redone: its parameters are " + (
+            "identical to the recorded run's" if same else
+            "NOT those of the recorded run (another machine or library version?): the fine-tuning runs finished "
+            "earlier started from another encoder; delete them to redo them from this one"))
+        seconds = record.get("seconds") if same else seconds
     if _is_primary():
         paths.write_json(paths.resolve(run.workdir) / paths.EXPERIMENT_RUN,
-                         {"arm": run.arm, "seed": run.seed, "seconds": seconds, "config": _plain(run.config)})
+                         {"arm": run.arm, "seed": run.seed, "seconds": seconds, "params_sha256": fingerprint,
+                          "config": _plain(run.config)})
     return True
 
 
@@ -492,6 +537,10 @@ def _run_plan(config: ml_collections.ConfigDict, workdir: str | os.PathLike, the
         name = f"run {i}/{total}: {run.describe()}"
         try:
             if isinstance(run, PretrainRun):
+                waiting = [r for r in the_plan.finetune if r.pretrain_workdir == run.workdir and not is_finished(r)]
+                if not waiting and read_record(run.workdir) is not None:
+                    say(f"[experiment] {name}: finished earlier, and every fine-tuning run from it too")
+                    continue
                 say(f"[experiment] {name} -> {run.workdir}")
                 finished = run_pretrain(run, say)
             else:

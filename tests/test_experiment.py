@@ -1,6 +1,7 @@
 """`midibert-jax experiment`: the aggregation and paired tests on synthetic numbers, the plan, the
 report's schema, and the command end to end at smoke size (tiny model, 32-note windows, a few steps):
-stopped after a few runs, then run again, which reuses the finished runs and completes the report.
+stopped after a few runs, then run again, which reuses the finished runs and completes the report;
+then copied without its checkpoints and one run deleted: only that run and its pre-training are redone.
 
 The end-to-end runs go through the CLI in subprocesses with a shared persistent compilation cache
 (tests/pretrain_helpers.py's environment): 4 pre-training and 12 fine-tuning runs compile two
@@ -11,6 +12,7 @@ import json
 import math
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -337,8 +339,16 @@ def smoke(tmp_path_factory):
     stamps = _stamps(workdir)
     second_out = _cli(args, env, root / "second.log")
     final = json.loads((workdir / "experiment.json").read_text())
+    after = _stamps(workdir)
+    # Moved without checkpoints (what `rsync -a --exclude checkpoints` copies), one fine-tuning run deleted.
+    moved = root / "moved"
+    shutil.copytree(workdir, moved, ignore=shutil.ignore_patterns("checkpoints", ".run.lock"))
+    shutil.rmtree(moved / "finetune" / "folder_sequence" / "adversarial_s1_finetune_f0.5")
+    moved_out = _cli(["experiment", "--config", config, "--workdir", moved, "--config.seeds=(0, 1)"], env,
+                     root / "moved.log")
     return {"workdir": workdir, "first": first, "first_out": first_out, "stamps": stamps, "second_out": second_out,
-            "final": final, "after": _stamps(workdir)}
+            "final": final, "after": after, "moved": moved, "moved_out": moved_out,
+            "moved_final": json.loads((moved / "experiment.json").read_text())}
 
 
 @pytest.mark.slow
@@ -409,6 +419,29 @@ def test_running_again_reuses_the_finished_runs_and_completes_the_report(smoke):
         lines = (workdir / "pretrain" / f"{arm}_s1" / "metrics.jsonl").read_text().splitlines()
         assert any("train/mask/book_updates" in line for line in lines) == has_book
     assert os.path.isdir(workdir / "pretrain" / "random_s1" / "checkpoints")
+
+
+@pytest.mark.slow
+def test_results_survive_without_checkpoints_and_a_redone_pretraining_is_the_recorded_one(smoke):
+    out, moved = smoke["moved_out"], smoke["moved"]
+    # 15 of 16 runs need nothing: 3 pre-trainings skipped (every fine-tuning run from them finished), 11 reused.
+    assert out.count("finished earlier, and every fine-tuning run from it too") == 3
+    assert out.count("finished earlier, reused") == 11
+    assert "run 9/16: pretrain adversarial seed 1 -> " in out  # the deleted run needs its encoder again
+    assert "redone: its parameters are identical to the recorded run's" in out
+    assert not (moved / "pretrain" / "random_s1" / "checkpoints").exists()
+    recorded = json.loads((smoke["workdir"] / "pretrain" / "adversarial_s1" / "experiment_run.json").read_text())
+    redone = json.loads((moved / "pretrain" / "adversarial_s1" / "experiment_run.json").read_text())
+    assert len(recorded["params_sha256"]) == 64 and redone["params_sha256"] == recorded["params_sha256"]
+    # The redone fine-tuning run gives the same test numbers: the report is the one before the move.
+    def by_key(report):
+        return {(r["arm"], r["seed"], r["protocol"], r["fraction"]): r["test"] for r in report["runs"]}
+    assert smoke["moved_final"]["complete"] and by_key(smoke["moved_final"]) == by_key(smoke["final"])
+    for r in smoke["moved_final"]["runs"]:
+        record = json.loads(pathlib.Path(r["workdir"], "experiment_run.json").read_text())
+        if r["arm"] != "none":  # which encoder each fine-tuning run started from
+            source = json.loads(pathlib.Path(r["pretrain_workdir"], "experiment_run.json").read_text())
+            assert record["pretrain_sha256"] == source["params_sha256"]
 
 
 def test_a_key_added_since_a_run_was_recorded_is_no_change_at_the_value_that_does_what_the_run_did():
