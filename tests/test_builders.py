@@ -233,6 +233,41 @@ def test_split_is_seeded_by_content_and_keeps_both_splits(tmp_path):
     assert any(splits(s) != splits(0) for s in range(1, 6))
 
 
+def test_the_folder_listing_streams_the_sorted_listing(tmp_path):
+    for rel in ("a.mid", "a/x.mid", "a-b.mid", "a b/y.mid", "a/b/z.MID", "a0.mid", "a/b.mid", "Z.mid", "a/b/c.txt"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(rel.encode())
+    listing = common.FolderListing(tmp_path)
+    rels = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert len(listing) == len(rels) and not isinstance(iter(listing), list)
+    assert [(i.piece_id, i.name) for i in listing] == list(enumerate(rels))  # a folder "a" sorts as "a/"
+    assert [i.name for i in listing if i.status == "ignored"] == ["a/b/c.txt"]
+
+
+def test_the_record_spool_writes_the_manifest_of_its_records_in_any_order(tmp_path):
+    rng = np.random.default_rng(0)
+    records = [manifest.FileRecord(piece_id=i, path=f"d{i % 3}/f{i}.mid", sha256=f"{i:064x}", size=i, split="train",
+                                   num_notes=i, num_windows=2, window_bars=[0, 4], seconds=float(rng.integers(0, 3)))
+               for i in range(40)]
+    records[5].status, records[5].reason, records[5].error_kind = "skipped", "empty file", "empty"
+    records[9] = manifest.FileRecord(piece_id=9, path="z.mid", sha256=records[5].sha256, status="duplicate",
+                                     reason="identical to d2/f5.mid", error_kind="duplicate")
+    records[7].status, records[7].error_kind = "ignored", "extension"
+    spool = manifest.RecordSpool(str(tmp_path / "records.jsonl"))
+    for i in rng.permutation(len(records)):  # tokenized files come after the listed ones
+        spool.add(manifest.FileRecord.from_dict(json.loads(records[i].to_json())))
+    summary = spool.write_manifest(tmp_path / "spooled", {"dataset": "x"})
+    manifest.Manifest(records, {"dataset": "x"}).write(tmp_path / "listed")
+    listed = (tmp_path / "listed" / manifest.MANIFEST_FILENAME).read_text()
+    assert (tmp_path / "spooled" / manifest.MANIFEST_FILENAME).read_text() == listed
+    assert "a byte copy of d2/f5.mid" in listed  # the copy of a skipped file is skipped by its own name
+    assert json.loads(json.dumps(summary)) == json.loads((tmp_path / "listed" / manifest.SUMMARY_FILENAME).read_text())
+    spool.add(records[3])
+    with pytest.raises(ValueError, match="piece_id 3"):
+        spool.write_manifest(tmp_path / "again", {})
+    spool.close()
+
+
 def test_the_default_folder_config_reads_manual_dir(tmp_path, capsys):
     import tensorflow_datasets as tfds
 

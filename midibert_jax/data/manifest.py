@@ -17,12 +17,15 @@ Record statuses:
 
 from __future__ import annotations
 
+import array
 import collections
 import dataclasses
+import heapq
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 from etils import epath
 
 from midibert_jax import console
@@ -81,15 +84,25 @@ class FileRecord:
 def _skip_copies_of_skipped(records: Sequence[FileRecord]) -> None:
     """Marks each duplicate of a skipped file skipped (same reason and kind), so that a corrupt file is
     reported as corrupt by its own name even when an identical one came first."""
+    originals = _originals(records, {r.sha256 for r in records if r.status == "duplicate" and r.sha256})
+    for r in records:
+        _mark_copy(r, originals)
+
+
+def _originals(records: Iterable[FileRecord], copied: set[str]) -> dict[str, FileRecord]:
+    """The first record that is no duplicate, of each content in `copied` (records in piece-id order)."""
     first: dict[str, FileRecord] = {}
     for r in records:
-        if r.sha256 and r.status != "duplicate":
+        if r.sha256 in copied and r.status != "duplicate":
             first.setdefault(r.sha256, r)
-    for r in records:
-        original = first.get(r.sha256) if r.status == "duplicate" and r.sha256 else None
-        if original is not None and original.status == "skipped":
-            r.status, r.error_kind = "skipped", original.error_kind
-            r.reason = f"{original.reason} (a byte copy of {original.path})"
+    return first
+
+
+def _mark_copy(r: FileRecord, originals: dict[str, FileRecord]) -> None:
+    original = originals.get(r.sha256) if r.status == "duplicate" and r.sha256 else None
+    if original is not None and original.status == "skipped":
+        r.status, r.error_kind = "skipped", original.error_kind
+        r.reason = f"{original.reason} (a byte copy of {original.path})"
 
 
 @dataclasses.dataclass
@@ -112,50 +125,17 @@ class Manifest:
 
     def summary(self) -> dict[str, Any]:
         """Aggregate counts: files per status, reasons, and per-split pieces/windows/notes."""
-        status = collections.Counter(r.status for r in self.records)
-        kinds = collections.Counter(r.error_kind or "unknown" for r in self.records if r.status == "skipped")
-        ignored = collections.Counter(r.error_kind or "unknown" for r in self.records if r.status == "ignored")
-        splits: dict[str, dict[str, int]] = {}
+        counter = SummaryCounter()
         for r in self.records:
-            if r.status != "ok":
-                continue
-            s = splits.setdefault(r.split or "none", {"pieces": 0, "windows": 0, "notes": 0, "stream_rows": 0})
-            s["pieces"] += 1
-            s["windows"] += r.num_windows
-            s["notes"] += r.num_notes
-            s["stream_rows"] += r.num_stream_rows
-        slowest = sorted(self.records, key=lambda r: -r.seconds)[:5]
-        groups: dict[str, dict[str, int]] = {}
-        for r in self.records:  # per top-level folder: the demo corpus' collections, a folder's sub-folders
-            g = groups.setdefault(r.path.split("/", 1)[0] if "/" in r.path else ".",
-                                  {"pieces": 0, "windows": 0, "notes": 0, "skipped": 0, "duplicate": 0, "ignored": 0})
-            if r.status == "ok":
-                g["pieces"] += 1
-                g["windows"] += r.num_windows
-                g["notes"] += r.num_notes
-            else:
-                g[r.status] += 1
-        return {
-            "files": len(self.records),
-            "status": {k: status.get(k, 0) for k in STATUSES},
-            "skipped_by_kind": dict(kinds.most_common()),
-            "ignored_by_kind": dict(ignored.most_common()),
-            "splits": splits,
-            "groups": dict(sorted(groups.items(), key=lambda kv: -kv[1]["notes"])),
-            "seconds_total": round(sum(r.seconds for r in self.records), 3),
-            "slowest": [(r.path, round(r.seconds, 3)) for r in slowest if r.seconds > 0],
-            **{k: v for k, v in self.info.items() if k not in ("records",)},
-        }
+            counter.add(r)
+        return counter.summary(self.info)
 
     def write(self, directory: epath.PathLike, summary: dict[str, Any] | None = None) -> None:
         """Writes the records and their summary (`summary`: this manifest's `summary()`, when already made)."""
-        directory = epath.Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        with (directory / MANIFEST_FILENAME).open("w") as f:  # line by line: 10^5 records are ~50 MB of text
+        with open_manifest(directory) as f:
             for r in self.records:
                 f.write(r.to_json() + "\n")
-        summary = self.summary() if summary is None else summary
-        (directory / SUMMARY_FILENAME).write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+        write_summary(directory, self.summary() if summary is None else summary)
 
     @classmethod
     def load(cls, directory: epath.PathLike) -> "Manifest":
@@ -170,6 +150,125 @@ class Manifest:
             summary = json.loads(summary_path.read_text())
             info = {k: v for k, v in summary.items() if k not in _DERIVED_SUMMARY_KEYS}
         return cls(records, info)
+
+
+def open_manifest(directory: epath.PathLike):
+    """``manifest.jsonl`` in `directory` (made if missing), open for writing line by line."""
+    directory = epath.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    return (directory / MANIFEST_FILENAME).open("w")
+
+
+def write_summary(directory: epath.PathLike, summary: dict[str, Any]) -> None:
+    (epath.Path(directory) / SUMMARY_FILENAME).write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+
+
+class SummaryCounter:
+    """`Manifest.summary()` counted one record at a time, in piece-id order: a build sums its records as it
+    writes them, without holding them."""
+
+    def __init__(self):
+        self.files = 0
+        self.status: collections.Counter = collections.Counter()
+        self.kinds: collections.Counter = collections.Counter()
+        self.ignored: collections.Counter = collections.Counter()
+        self.splits: dict[str, dict[str, int]] = {}
+        self.groups: dict[str, dict[str, int]] = {}
+        self.seconds = 0  # summed in record order, as sum() did
+        self._slowest: list[tuple[float, int, str]] = []  # a heap of the 5 slowest: (seconds, -order, path)
+
+    def add(self, r: FileRecord) -> None:
+        self.files += 1
+        self.status[r.status] += 1
+        if r.status in ("skipped", "ignored"):
+            (self.kinds if r.status == "skipped" else self.ignored)[r.error_kind or "unknown"] += 1
+        # per top-level folder: the demo corpus' collections, a folder's sub-folders
+        g = self.groups.setdefault(r.path.split("/", 1)[0] if "/" in r.path else ".",
+                                   {"pieces": 0, "windows": 0, "notes": 0, "skipped": 0, "duplicate": 0, "ignored": 0})
+        if r.status == "ok":
+            s = self.splits.setdefault(r.split or "none", {"pieces": 0, "windows": 0, "notes": 0, "stream_rows": 0})
+            s["pieces"] += 1
+            s["windows"] += r.num_windows
+            s["notes"] += r.num_notes
+            s["stream_rows"] += r.num_stream_rows
+            g["pieces"] += 1
+            g["windows"] += r.num_windows
+            g["notes"] += r.num_notes
+        else:
+            g[r.status] += 1
+        self.seconds += r.seconds
+        entry = (r.seconds, -self.files, r.path)
+        if len(self._slowest) < 5:
+            heapq.heappush(self._slowest, entry)
+        else:
+            heapq.heappushpop(self._slowest, entry)
+
+    def summary(self, info: dict[str, Any]) -> dict[str, Any]:
+        """The summary of the records added so far, with the build-level facts `info`."""
+        return {
+            "files": self.files,
+            "status": {k: self.status.get(k, 0) for k in STATUSES},
+            "skipped_by_kind": dict(self.kinds.most_common()),
+            "ignored_by_kind": dict(self.ignored.most_common()),
+            "splits": self.splits,
+            "groups": dict(sorted(self.groups.items(), key=lambda kv: -kv[1]["notes"])),
+            "seconds_total": round(self.seconds, 3),
+            "slowest": [(path, round(seconds, 3)) for seconds, _, path in sorted(self._slowest, reverse=True)
+                        if seconds > 0],
+            **{k: v for k, v in info.items() if k not in ("records",)},
+        }
+
+
+class RecordSpool:
+    """A build's manifest records, kept in a JSON-lines file in the build folder as they come (in any order)
+    and written out as the manifest in piece-id order at the end: 16 bytes a record in memory (its piece id
+    and where its line starts), not a `FileRecord` (about 1 KiB with its window bars) until the build ends."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._file = open(path, "wb")  # pylint: disable=consider-using-with  # closed by close()
+        self._ids = array.array("q")
+        self._offsets = array.array("q")
+        self._copied: set[str] = set()  # contents that have duplicates (see _skip_copies_of_skipped)
+
+    def add(self, record: FileRecord) -> None:
+        self._ids.append(record.piece_id)
+        self._offsets.append(self._file.tell())
+        self._file.write(record.to_json().encode() + b"\n")
+        if record.status == "duplicate" and record.sha256:
+            self._copied.add(record.sha256)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def records(self) -> Iterator[FileRecord]:
+        """The records in piece-id order (as `Manifest` holds them), read back one at a time."""
+        self._file.flush()
+        ids = np.frombuffer(self._ids, np.int64) if self._ids else np.zeros(0, np.int64)
+        order = np.argsort(ids, kind="stable")
+        sorted_ids = ids[order]
+        repeated = sorted_ids[1:][np.diff(sorted_ids) == 0]
+        if len(repeated):
+            raise ValueError(f"duplicate manifest records for piece_id {repeated[0]}")
+        with open(self.path, "rb") as f:
+            for i in order:  # not .tolist(): 10^5 int objects
+                f.seek(self._offsets[i])
+                yield FileRecord.from_dict(json.loads(f.readline()))
+
+    def write_manifest(self, directory: epath.PathLike, info: dict[str, Any]) -> dict[str, Any]:
+        """Writes ``manifest.jsonl`` (what `Manifest(records, info).write` writes) and returns its summary;
+        the summary file is left to `write_summary`."""
+        originals = _originals(self.records(), self._copied) if self._copied else {}
+        counter = SummaryCounter()
+        with open_manifest(directory) as f:
+            for r in self.records():
+                _mark_copy(r, originals)
+                counter.add(r)
+                f.write(r.to_json() + "\n")
+        return counter.summary(info)
+
+    def close(self) -> None:
+        self._file.close()
 
 
 _DERIVED_SUMMARY_KEYS = ("files", "status", "skipped_by_kind", "ignored_by_kind", "splits", "groups", "seconds_total",

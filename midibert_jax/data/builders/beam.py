@@ -18,15 +18,15 @@ graph, which stays small for 10^5 files; the manifest records come back the same
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 
 import numpy as np
 from etils import epath
 
 from midibert_jax.data import manifest, windows, workers
-from midibert_jax.data.builders.common import BuildOptions, InputFile, MidiConfig, make_example, record_from_outcome
+from midibert_jax.data.builders.common import (
+    BuildOptions, InputFile, MidiConfig, input_from_json, input_to_json, make_example, record_from_outcome,
+)
 from midibert_jax.data.errors import BuildError
 from midibert_jax.tokenizer import vocab
 
@@ -99,14 +99,6 @@ def _write_lines(lines: list[str], path: str) -> None:
     epath.Path(path).write_text("".join(sorted(line + "\n" for line in lines)))
 
 
-def input_to_json(inp: InputFile) -> str:
-    return json.dumps(dataclasses.asdict(inp), sort_keys=True)
-
-
-def _input_from_json(line: str) -> InputFile:
-    return InputFile(**json.loads(line))
-
-
 def split_transform(inputs_path: str, config: MidiConfig, options: BuildOptions, records_path: str, task,
                     tokens_folder: str):
     """A beam.PTransform producing the (key, example) pairs of one split.
@@ -139,7 +131,7 @@ def split_transform(inputs_path: str, config: MidiConfig, options: BuildOptions,
             results = (
                 pbegin
                 | "ReadInputs" >> beam.io.ReadFromText(inputs_path)
-                | "ParseInputs" >> beam.Map(_input_from_json)
+                | "ParseInputs" >> beam.Map(input_from_json)
                 | "Reshuffle" >> beam.Reshuffle()
                 | "Tokenize" >> beam.ParDo(TokenizeDoFn())
             )

@@ -12,24 +12,29 @@ and a seeded permutation of the unique contents puts round(valid_fraction * n) o
 (at least one when valid_fraction > 0 and n >= 2) in "validation".
 
 Local builds spill windows to files inside the dataset's temporary build folder while
-tokenizing (`Spill`); TFDS then writes the shards from them. A build killed midway leaves
-only TFDS's ``incomplete.*`` folder behind (see `data.prepare`).
+tokenizing (`Spill`); TFDS then writes the shards from them. The inputs and the manifest's records
+wait there too (`InputSpool`, `manifest.RecordSpool`), so that a build's memory does not grow with
+its corpus. A build killed midway leaves only TFDS's ``incomplete.*`` folder behind (see
+`data.prepare`).
 """
 
 from __future__ import annotations
 
+import array
 import concurrent.futures
 import contextlib
 import dataclasses
 import functools
 import hashlib
 import importlib.util
+import itertools
+import json
 import os
 import re
 import resource
 import tempfile
 import types
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from typing import Any
 
 import numpy as np
@@ -145,22 +150,45 @@ class InputFile:
 
 def list_folder(root: str, extensions: Sequence[str] = MIDI_EXTENSIONS) -> list[InputFile]:
     """Every file under `root`, sorted by relative path; non-MIDI extensions are "ignored"."""
-    root_path = epath.Path(root)
-    if not root_path.is_dir():
-        raise BuildError(f"MIDI folder {root} does not exist or is not a folder")
-    exts = tuple(e.lower() for e in extensions)
-    rels = []
-    for dirpath, dirnames, filenames in os.walk(os.fspath(root_path)):
-        dirnames.sort()
-        for name in filenames:
-            rels.append(os.path.relpath(os.path.join(dirpath, name), os.fspath(root_path)).replace(os.sep, "/"))
-    out = []
-    for piece_id, rel in enumerate(sorted(rels)):
-        inp = InputFile(piece_id=piece_id, name=rel, path=os.path.join(os.fspath(root_path), rel))
-        if not rel.lower().endswith(exts):
-            inp.status, inp.reason, inp.error_kind = "ignored", f"extension not in {list(exts)}", "extension"
-        out.append(inp)
-    return out
+    return list(FolderListing(root, extensions))
+
+
+class FolderListing:
+    """`list_folder` as a stream: the same inputs in the same order, one directory listed at a time, so that a
+    corpus of 10^5 files is never held as 10^5 objects. `len()` counts the files (for progress bars)."""
+
+    def __init__(self, root: str, extensions: Sequence[str] = MIDI_EXTENSIONS):
+        if not epath.Path(root).is_dir():
+            raise BuildError(f"MIDI folder {root} does not exist or is not a folder")
+        self.root = os.fspath(root)
+        self.extensions = tuple(e.lower() for e in extensions)
+
+    def __len__(self) -> int:
+        return sum(len(files) for _, _, files in os.walk(self.root))
+
+    def __iter__(self) -> Iterator[InputFile]:
+        for piece_id, rel in enumerate(_sorted_walk(self.root, "")):
+            inp = InputFile(piece_id=piece_id, name=rel, path=os.path.join(self.root, rel))
+            if not rel.lower().endswith(self.extensions):
+                inp.status, inp.error_kind = "ignored", "extension"
+                inp.reason = f"extension not in {list(self.extensions)}"
+            yield inp
+
+
+def _sorted_walk(root: str, prefix: str) -> Iterator[str]:
+    """The files under root/prefix that os.walk lists (links to folders are not followed), as relative '/' paths
+    in sorted() order of the whole paths: a folder "d" sorts as "d/" among its siblings, since every path under
+    it starts so (and no file name holds '/')."""
+    try:
+        with os.scandir(os.path.join(root, prefix) if prefix else root) as entries:
+            keyed = sorted((e.name + "/", not e.is_symlink()) if e.is_dir() else (e.name, None) for e in entries)
+    except OSError:  # as os.walk: a folder that cannot be listed is left out
+        return
+    for key, descend in keyed:
+        if descend is None:
+            yield prefix + key
+        elif descend:
+            yield from _sorted_walk(root, prefix + key)
 
 
 def _hash_file(path: str) -> tuple[str, int]:
@@ -173,45 +201,119 @@ def _hash_file(path: str) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+def hash_inputs(inputs: Iterable[InputFile], *, threads: int = 8, progress: bool = True) -> Iterator[InputFile]:
+    """Yields `inputs` in order, the pending ones with sha256/size filled (or skipped as unreadable).
+
+    At most 64 futures a thread are in flight: a future per file at once cost ~2.7 KiB a file at 3x10^4."""
+    total = len(inputs) if isinstance(inputs, Sized) else 0
+    chunk = 64 * max(1, threads)
+    with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool, console.progress(
+        total, "Hashing inputs", unit="files", enabled=progress and total >= 1000
+    ) as bar:
+        it = iter(inputs)
+        while batch := list(itertools.islice(it, chunk)):
+            futures = [pool.submit(_hash_file, i.path) if i.status == "pending" else None for i in batch]
+            for inp, fut in zip(batch, futures):
+                if fut is not None:
+                    try:
+                        inp.sha256, inp.size = fut.result()
+                    except OSError as e:
+                        inp.status, inp.error_kind = "skipped", "unreadable"
+                        inp.reason = f"cannot read file: {e.strerror or e}"
+                bar.update(1)
+                yield inp
+
+
 def hash_and_split(
     inputs: list[InputFile], valid_fraction: float, seed: int, *, threads: int = 8, progress: bool = True
 ) -> list[InputFile]:
     """Fills sha256/size, marks duplicates and unreadable files, assigns splits (in place)."""
-    todo = [i for i in inputs if i.status == "pending"]
-    with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool, console.progress(
-        len(todo), "Hashing inputs", unit="files", enabled=progress and len(todo) >= 1000
-    ) as bar:
-        chunk = 64 * max(1, threads)  # futures in flight: a future per file at once cost ~2.7 KiB a file at 3x10^4
-        for start in range(0, len(todo), chunk):
-            futures = {pool.submit(_hash_file, i.path): i for i in todo[start:start + chunk]}
-            for fut in concurrent.futures.as_completed(futures):
-                bar.update(1)
-                inp = futures[fut]
-                try:
-                    inp.sha256, inp.size = fut.result()
-                except OSError as e:
-                    inp.status, inp.reason, inp.error_kind = "skipped", f"cannot read file: {e.strerror or e}", "unreadable"
-    first_of: dict[str, InputFile] = {}
-    unique: list[str] = []
-    for inp in inputs:
-        if inp.status != "pending":
-            continue
-        original = first_of.get(inp.sha256)
-        if original is not None:
-            inp.status, inp.reason, inp.error_kind = "duplicate", f"identical to {original.name}", "duplicate"
-            continue
-        first_of[inp.sha256] = inp
-        unique.append(inp.sha256)
-    n = len(unique)
+    hashed = hash_inputs(inputs, threads=threads, progress=progress)
+    for _ in split_hashed(hashed, lambda: inputs, valid_fraction, seed):
+        pass
+    return inputs
+
+
+def split_hashed(
+    hashed: Iterable[InputFile], replay: Callable[[], Iterable[InputFile]], valid_fraction: float, seed: int
+) -> Iterator[InputFile]:
+    """Marks duplicates and assigns splits: reads `hashed` (the inputs in order, hashed) once for their digests
+    (32 bytes a file), then yields the same inputs again from `replay()` with status and split set.
+
+    Byte-identical files are duplicates of the first; a seeded permutation of the unique contents, in order
+    of first appearance, puts round(valid_fraction * n) of them (at least one when valid_fraction > 0 and
+    n >= 2) in validation. A list replays itself; a corpus replays its `InputSpool`."""
+    digests = bytearray()
+    for inp in hashed:
+        if inp.status == "pending":
+            digests += bytes.fromhex(inp.sha256)
+    first, valid = _plan_splits(np.frombuffer(digests, np.uint8).reshape(-1, 32), valid_fraction, seed)
+    copied = set(first[first != np.arange(len(first))].tolist())  # positions of the firsts that have copies
+    names: dict[int, str] = {}
+    k = 0
+    for inp in replay():
+        if inp.status == "pending":
+            if k in copied:
+                names[k] = inp.name
+            if first[k] != k:
+                inp.status, inp.reason, inp.error_kind = "duplicate", f"identical to {names[first[k]]}", "duplicate"
+            inp.split = VALIDATION if valid[k] else TRAIN
+            k += 1
+        yield inp
+
+
+def _plan_splits(digests: np.ndarray, valid_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per pending file (rows of `digests`, in order): the position of the first file with its content, and
+    whether that content is in validation."""
+    n_files = len(digests)
+    _, first_of_unique, unique_of_file = np.unique(
+        np.ascontiguousarray(digests).view("V32").ravel(), return_index=True, return_inverse=True
+    )  # return_index sorts stably: the first occurrence
+    rank = np.empty(len(first_of_unique), np.int64)  # a content's place in order of first appearance
+    rank[np.argsort(first_of_unique, kind="stable")] = np.arange(len(first_of_unique))
+    n = len(first_of_unique)
     num_valid = round(valid_fraction * n)
     if valid_fraction > 0 and n >= 2:
         num_valid = min(max(1, num_valid), n - 1)
-    perm = np.random.default_rng(seed).permutation(n)
-    valid_hashes = {unique[i] for i in perm[:num_valid]}
-    for inp in inputs:
-        if inp.sha256 is not None and inp.status in ("pending", "duplicate"):
-            inp.split = VALIDATION if inp.sha256 in valid_hashes else TRAIN
-    return inputs
+    valid_rank = np.zeros(n, bool)
+    valid_rank[np.random.default_rng(seed).permutation(n)[:num_valid]] = True
+    unique_of_file = unique_of_file.reshape(n_files)
+    return first_of_unique[unique_of_file], valid_rank[rank[unique_of_file]]
+
+
+class InputSpool:
+    """Inputs passing through a JSON-lines file in the build folder (written once, then read back in order), so
+    that a corpus' inputs are not all held in memory between listing and tokenizing."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._file = open(path, "w", encoding="utf-8")  # pylint: disable=consider-using-with  # closed by __iter__
+        self.count = 0
+
+    def add(self, inp: InputFile) -> None:
+        self._file.write(input_to_json(inp) + "\n")
+        self.count += 1
+
+    def write_through(self, inputs: Iterable[InputFile]) -> Iterator[InputFile]:
+        """Yields `inputs`, each added to the spool as it passes."""
+        for inp in inputs:
+            self.add(inp)
+            yield inp
+
+    def __iter__(self) -> Iterator[InputFile]:
+        """The inputs added (no more can be added then)."""
+        self._file.close()
+        with open(self.path, encoding="utf-8") as f:
+            for line in f:
+                yield input_from_json(line)
+
+
+def input_to_json(inp: InputFile) -> str:
+    return json.dumps(dataclasses.asdict(inp), sort_keys=True)
+
+
+def input_from_json(line: str) -> InputFile:
+    return InputFile(**json.loads(line))
 
 
 def record_from_outcome(inp: InputFile, outcome: workers.Outcome, packing: str) -> tuple[manifest.FileRecord, workers.PieceResult | None]:
@@ -240,7 +342,8 @@ def record_from_outcome(inp: InputFile, outcome: workers.Outcome, packing: str) 
 # "No module named 'tensorflow'" (about 80,000 windows of 1,024 notes), and below it the build's memory grew
 # with the corpus. `bounded_local_writer` spills past WRITER_BUFFER_MB, through plain files when TensorFlow is
 # absent. The shards are the same either way: TFDS orders a split by hashed key, in memory or bucket by bucket.
-WRITER_BUFFER_MB = 64
+# This buffer is the write phase's peak over the tokenizing phase (+62 MiB at 64 MiB, measured at 10^4 files).
+WRITER_BUFFER_MB = 16
 
 
 class _NeverRaised(Exception):
@@ -310,13 +413,13 @@ class Spill:
     def __init__(self, directory: str, max_len: int):
         self.directory = directory
         self.max_len = max_len
-        self.meta: dict[str, dict[str, list[int]]] = {}
+        self.meta: dict[str, dict[str, array.array]] = {}  # 8 bytes a window, not a list of int objects
         self._files: dict[str, Any] = {}
 
     def add(self, split: str, windows_: np.ndarray, piece_ids: Sequence[int], window_ids: Sequence[int]) -> None:
         if split not in self._files:
             self.open_file(split, f"{split}.bin")
-            self.meta[split] = {"piece_id": [], "window": []}
+            self.meta[split] = {"piece_id": array.array("q"), "window": array.array("q")}
         self.write(split, windows_)
         self.meta[split]["piece_id"].extend(int(p) for p in piece_ids)
         self.meta[split]["window"].extend(int(w) for w in window_ids)

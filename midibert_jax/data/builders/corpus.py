@@ -30,10 +30,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import itertools
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import tensorflow_datasets as tfds
@@ -42,9 +43,9 @@ from midibert_jax import console
 from midibert_jax.data import demo_corpus, manifest, windows, workers
 from midibert_jax.data.builders import beam
 from midibert_jax.data.builders.common import (
-    FILE_FORMAT, TRAIN, VALIDATION, BuildOptions, InputFile, LocalDatasetInfo, MidiConfig, Spill,
-    bounded_local_writer, config_name, example_features, hash_and_split, identity_fields, list_folder, make_spill_dir,
-    record_from_outcome,
+    FILE_FORMAT, TRAIN, VALIDATION, BuildOptions, FolderListing, InputFile, InputSpool, LocalDatasetInfo, MidiConfig,
+    Spill, bounded_local_writer, config_name, example_features, hash_inputs, identity_fields, make_spill_dir,
+    record_from_outcome, split_hashed,
 )
 from midibert_jax.data.errors import BuildError
 
@@ -129,8 +130,7 @@ class MidiFolder(tfds.core.GeneratorBasedBuilder):
         self.options = options or BuildOptions()
         self.summary: dict[str, Any] | None = None
         self._use_beam = False
-        self._records: list[manifest.FileRecord] = []
-        self._inputs: list[InputFile] = []
+        self._records: manifest.RecordSpool | None = None
         self._spill: Spill | None = None
         self._spill_dir: str | None = None
         # Every config of ours is a custom one: TFDS's warning about it would print the whole config.
@@ -165,10 +165,10 @@ class MidiFolder(tfds.core.GeneratorBasedBuilder):
 
     # -- inputs --------------------------------------------------------------------------
 
-    def _list_inputs(self, dl_manager) -> list[InputFile]:
+    def _list_inputs(self, dl_manager) -> Iterable[InputFile]:
         folder = self.config.folder or os.fspath(dl_manager.manual_dir)
         self._source = folder
-        return list_folder(folder, self.config.extensions)
+        return FolderListing(folder, self.config.extensions)
 
     def _source_description(self) -> str:
         return getattr(self, "_source", None) or self.config.folder or "manual_dir"
@@ -178,13 +178,15 @@ class MidiFolder(tfds.core.GeneratorBasedBuilder):
     def _download_and_prepare(self, dl_manager, download_config):
         start = time.monotonic()
         self._use_beam = download_config.beam_runner is not None or download_config.beam_options is not None
-        self._records = []
+        # The build's own files (inputs, manifest records, spilled windows) stay on disk until the manifest is written.
+        self._spill_dir = make_spill_dir(self.data_path)
+        self._records = manifest.RecordSpool(os.path.join(self._spill_dir, "records.jsonl"))
         try:
             with bounded_local_writer(data_dir=self.data_path):
                 super()._download_and_prepare(dl_manager, download_config)
-            records = list(self._records)
             if self._use_beam:
-                records.extend(beam.collect_records(self.data_path, (TRAIN, VALIDATION)))
+                for record in beam.collect_records(self.data_path, (TRAIN, VALIDATION)):
+                    self._records.add(record)
             examples = {name: info.num_examples for name, info in self.info.splits.items()}
             info = {
                 "dataset": f"{self.name}/{self.builder_config.name}",
@@ -195,15 +197,15 @@ class MidiFolder(tfds.core.GeneratorBasedBuilder):
                 "build_seconds": round(time.monotonic() - start, 2),
                 "beam": self._use_beam,
             }
-            built = manifest.Manifest(records, info)
-            self.summary = built.summary()  # once: 10^5 records take a second to sum
+            self.summary = self._records.write_manifest(self.data_path, info)
             if self._use_beam:
                 beam.check_examples(self.summary["splits"], examples, self.config)
-            built.write(self.data_path, self.summary)
+            manifest.write_summary(self.data_path, self.summary)
             self.info.metadata["summary"] = {k: v for k, v in self.summary.items() if k != "slowest"}
             if self.options.print_summary:
                 print(manifest.summary_line(self.summary))
         finally:
+            self._records.close()
             if self._spill is not None:
                 self._spill.close()
             if self._spill_dir:
@@ -214,17 +216,9 @@ class MidiFolder(tfds.core.GeneratorBasedBuilder):
         return split == TRAIN or self.config.valid_fraction > 0
 
     def _split_generators(self, dl_manager):
-        inputs = self._list_inputs(dl_manager)
-        if not inputs:
-            raise BuildError(f"{self.name}: no input files in {self._source_description()}")
-        hash_and_split(
-            inputs, self.config.valid_fraction, self.config.seed, threads=self.options.hash_threads,
-            progress=self.options.progress,
-        )
-        self._inputs = inputs
-        self._records = [i.record() for i in inputs if i.status != "pending"]
-        pending = [i for i in inputs if i.status == "pending"]
+        pending = self._split_inputs(dl_manager)
         if self._use_beam:
+            pending = list(pending)
             splits = {}
             for split in (TRAIN, VALIDATION):
                 members = [i for i in pending if i.split == split]
@@ -239,15 +233,30 @@ class MidiFolder(tfds.core.GeneratorBasedBuilder):
         self._tokenize_locally(pending)
         return {split: self._spill.examples(split) for split in (TRAIN, VALIDATION) if self._spill.count(split)}
 
+    def _split_inputs(self, dl_manager) -> InputSpool:
+        """Lists, hashes and splits the inputs and adds the records of those not to tokenize; the others come
+        back in order from a spool in the build folder: no list of 10^5 inputs is held."""
+        cfg, opts = self.config, self.options
+        listed = InputSpool(os.path.join(self._spill_dir, "inputs.jsonl"))
+        hashed = hash_inputs(self._list_inputs(dl_manager), threads=opts.hash_threads, progress=opts.progress)
+        pending = InputSpool(os.path.join(self._spill_dir, "pending.jsonl"))
+        for inp in split_hashed(listed.write_through(hashed), lambda: listed, cfg.valid_fraction, cfg.seed):
+            if inp.status == "pending":
+                pending.add(inp)
+            else:
+                self._records.add(inp.record())
+        if not listed.count:
+            raise BuildError(f"{self.name}: no input files in {self._source_description()}")
+        return pending
+
     def _generate_examples(self, **kwargs):  # pylint: disable=arguments-differ
         raise NotImplementedError("examples come from _split_generators")  # pragma: no cover
 
     def _task(self):
         return functools.partial(self.tokenize_task, max_len=self.config.max_len, packing=self.config.packing)
 
-    def _tokenize_locally(self, pending: list[InputFile]) -> None:
+    def _tokenize_locally(self, pending: InputSpool) -> None:
         cfg, opts = self.config, self.options
-        self._spill_dir = make_spill_dir(self.data_path)
         self._spill = Spill(self._spill_dir, cfg.max_len)
         packers = {s: windows.ReferencePacker(cfg.max_len, cfg.extra_pad_window) for s in (TRAIN, VALIDATION)}
         stream_windows = {TRAIN: 0, VALIDATION: 0}
@@ -257,18 +266,19 @@ class MidiFolder(tfds.core.GeneratorBasedBuilder):
                 self._spill.add(split, window[None], [piece_id], [stream_windows[split]])
                 stream_windows[split] += 1
 
-        if pending:
+        if pending.count:
             task = self._task()
-            num_workers = min(opts.num_workers or workers.default_num_workers(), len(pending))
+            num_workers = min(opts.num_workers or workers.default_num_workers(), pending.count)
             skipped = 0
             with workers.WorkerPool(
                 task, num_workers=num_workers, timeout=opts.timeout, memory_limit_mb=opts.memory_limit_mb
             ) as pool, console.progress(
-                len(pending), f"Tokenizing {self.name}", unit="files", enabled=opts.progress
+                pending.count, f"Tokenizing {self.name}", unit="files", enabled=opts.progress
             ) as bar:
-                for inp, outcome in zip(pending, pool.imap(i.path for i in pending)):
+                inputs, paths = itertools.tee(pending)  # tee holds the few inputs in the workers
+                for inp, outcome in zip(inputs, pool.imap(i.path for i in paths)):
                     record, result = record_from_outcome(inp, outcome, cfg.packing)
-                    self._records.append(record)
+                    self._records.add(record)
                     if result is not None and cfg.packing == "piece":
                         n = len(result.windows)
                         self._spill.add(inp.split, result.windows, [inp.piece_id] * n, range(n))

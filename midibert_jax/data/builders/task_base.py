@@ -14,9 +14,11 @@ Only local builds (no Beam): these datasets hold at most a few thousand files.
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import functools
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -159,7 +161,7 @@ class LabelledSpill(common.Spill):
     def __init__(self, directory: str, max_len: int, level: str):
         super().__init__(directory, max_len)
         self.level = level
-        self.sequence_labels: dict[str, list[int]] = {}
+        self.sequence_labels: dict[str, array.array] = {}
 
     def add_labelled(self, split: str, windows_: np.ndarray, piece_id: int, labels) -> None:
         n = len(windows_)
@@ -169,7 +171,7 @@ class LabelledSpill(common.Spill):
             self.open_file(key, f"{split}.labels.bin")
             self.write(key, labels)
         else:
-            self.sequence_labels.setdefault(split, []).extend([int(labels)] * n)
+            self.sequence_labels.setdefault(split, array.array("q")).extend([int(labels)] * n)
 
     def examples(self, split: str) -> Iterator[tuple[int, dict[str, Any]]]:
         n = self.count(split)
@@ -282,10 +284,13 @@ class TaskBuilder(MidiFolder, skip_registration=True):
             raise TaskConfigError(f"{self.name}: fine-tuning datasets are built locally; Beam is not supported")
         root = self._root(dl_manager) if self._needs_root() else None
         self._source = root or self._source_description()
-        inputs = self.list_split_inputs(root)
-        self._inputs = inputs
-        self._records = [i.record() for i in inputs if i.status != "pending"]
-        self._tokenize([i for i in inputs if i.status == "pending"])
+        pending = common.InputSpool(os.path.join(self._spill_dir, "pending.jsonl"))
+        for inp in self.list_split_inputs(root):  # the listing is let go before tokenizing
+            if inp.status == "pending":
+                pending.add(inp)
+            else:
+                self._records.add(inp.record())
+        self._tokenize(pending)
         if not self._spill.count(TRAIN):
             raise TaskDataError(self._no_training_piece(root))
         return {split: self._spill.examples(split) for split in SPLITS if self._spill.count(split)}
@@ -293,7 +298,7 @@ class TaskBuilder(MidiFolder, skip_registration=True):
     def _no_training_piece(self, root: str | None) -> str:
         """The one-line error of a build whose train split came out empty, naming the train files and why."""
         root = self._root_used or root
-        failed = sorted((r for r in self._records if r.split == TRAIN and r.status != "ok"), key=lambda r: r.piece_id)
+        failed = [r for r in self._records.records() if r.split == TRAIN and r.status != "ok"]
         if failed:
             return f"{self.name}: no usable piece in the train split of {root}: {manifest.brief(failed)}"
         listed = self._split_notes.get("split_source", "the split")
@@ -409,24 +414,24 @@ class TaskBuilder(MidiFolder, skip_registration=True):
     def _worker_task(self):
         return functools.partial(workers.tokenize_piece, max_len=self.config.max_len, packing="piece")
 
-    def _tokenize(self, pending: list[InputFile]) -> None:
+    def _tokenize(self, pending: common.InputSpool) -> None:
         cfg, opts = self.config, self.options
-        self._spill_dir = common.make_spill_dir(self.data_path)
         self._spill = LabelledSpill(self._spill_dir, cfg.max_len, self.task.level)
         num_classes = len(self._class_names)
         counts = {s: {"pieces": np.zeros(num_classes, np.int64), "windows": np.zeros(num_classes, np.int64),
                       "notes": np.zeros(num_classes, np.int64)} for s in SPLITS}
         unmapped: list[tuple[str, list[str]]] = []
-        if pending:
-            num_workers = min(opts.num_workers or workers.default_num_workers(), len(pending))
+        if pending.count:
+            num_workers = min(opts.num_workers or workers.default_num_workers(), pending.count)
             with workers.WorkerPool(
                 self._worker_task(), num_workers=num_workers, timeout=opts.timeout, memory_limit_mb=opts.memory_limit_mb
             ) as pool, console.progress(
-                len(pending), f"Tokenizing {self.name}", unit="files", enabled=opts.progress
+                pending.count, f"Tokenizing {self.name}", unit="files", enabled=opts.progress
             ) as bar:
-                for inp, outcome in zip(pending, pool.imap(i.path for i in pending)):
+                inputs, paths = itertools.tee(pending)  # tee holds the few inputs in the workers
+                for inp, outcome in zip(inputs, pool.imap(i.path for i in paths)):
                     record, result = common.record_from_outcome(inp, outcome, "piece")
-                    self._records.append(record)
+                    self._records.add(record)
                     bar.update(1)
                     if result is None:
                         value = outcome.value if outcome.ok else None
