@@ -509,11 +509,4 @@ def _train(config: ml_collections.ConfigDict, workdir: str, lock: run_lock.RunLo
             ctx = loop.run(state, step_fn, batches, start=start, total=total_steps, hooks=schedule)
         return {**summary, **_result(record), **({"stopped": "preempted"} if ctx.stop == "preempted" else {})}
     finally:
-        if bar is not None:
-            bar.close()
-        ckpt.wait()
-        ckpt.close()
-        if lock.lost:
-            writer.abandon()
-        else:
-            writer.close()
+        hooks.close_run(bar=bar, checkpointer=ckpt, writer=writer, lock=lock)

@@ -1,6 +1,7 @@
 """Hooks of the training loop shared by both objectives: log, checkpoint, preemption, progress bar, run lock.
 
 Each returns a `loop.Hook`; an objective adds its own (evaluation, mask-book refresh, early stop).
+`close_run` is the way out both objectives share, however the loop ended.
 """
 
 from __future__ import annotations
@@ -71,3 +72,17 @@ def run_lock(lock) -> Hook:
     Reads nothing of the step: no finite check, no wait for the device.
     """
     return Hook(lambda ctx: lock.verify(fresh=False), every=1, checked=False)
+
+
+def close_run(*, bar, checkpointer, writer, lock) -> None:
+    """Ends a run however its loop ended: the bar closed, pending checkpoint writes finished, and the
+    metrics kept, unless another run took the folder over (then this one's unwritten metrics are dropped
+    rather than mixed into the new owner's)."""
+    if bar is not None:
+        bar.close()
+    checkpointer.wait()
+    checkpointer.close()
+    if lock.lost:
+        writer.abandon()
+    else:
+        writer.close()

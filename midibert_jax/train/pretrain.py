@@ -353,14 +353,7 @@ def _train(cfg: ml_collections.ConfigDict, root, lock: run_lock.RunLock, guard: 
         with trainer.activate():
             ctx = loop.run(state, step_fn, batches, start=start, total=cfg.train.steps, hooks=schedule)
     finally:
-        if bar is not None:
-            bar.close()
-        ckpt.wait()
-        ckpt.close()
-        if lock.lost:
-            writer.abandon()
-        else:
-            writer.close()
+        hooks.close_run(bar=bar, checkpointer=ckpt, writer=writer, lock=lock)
     if ctx.stop == "preempted":
         return {"preempted_at": ctx.step, **ctx.last_eval}
     return ctx.last_eval

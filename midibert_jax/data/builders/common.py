@@ -336,6 +336,43 @@ def record_from_outcome(inp: InputFile, outcome: workers.Outcome, packing: str) 
     return record, result
 
 
+@dataclasses.dataclass(frozen=True)
+class Tokenized:
+    """One pending input after its worker ran: its manifest record, its result when usable, and the raw
+    outcome (for callers that look at why a file failed)."""
+
+    input: InputFile
+    record: manifest.FileRecord
+    result: workers.PieceResult | None
+    outcome: workers.Outcome
+
+
+def tokenize_pending(
+    pending: InputSpool, task: Callable, *, name: str, options: BuildOptions, packing: str,
+    records: manifest.RecordSpool,
+) -> Iterator[Tokenized]:
+    """Runs `task` on every pending input in a worker pool and yields them in spool order, each record
+    already added to `records`, under one progress bar (rate, ETA, files skipped, workers replaced).
+
+    Both the corpus and the task builders tokenize this way, so a crashed worker, a timeout or a corrupt
+    file reaches the manifest the same way in both."""
+    if not pending.count:
+        return
+    num_workers = min(options.num_workers or workers.default_num_workers(), pending.count)
+    skipped = 0
+    with workers.WorkerPool(
+        task, num_workers=num_workers, timeout=options.timeout, memory_limit_mb=options.memory_limit_mb
+    ) as pool, console.progress(pending.count, f"Tokenizing {name}", unit="files", enabled=options.progress) as bar:
+        inputs, paths = itertools.tee(pending)  # tee holds only the few inputs in flight in the workers
+        for inp, outcome in zip(inputs, pool.imap(i.path for i in paths)):
+            record, result = record_from_outcome(inp, outcome, packing)
+            records.add(record)
+            skipped += record.status != "ok"
+            bar.update(1)
+            bar.set_postfix(skipped=skipped, replaced=pool.replaced, refresh=False)
+            yield Tokenized(inp, record, result, outcome)
+
+
 # TFDS's local writer holds a split's serialized examples in memory up to 1 GiB
 # (tfds.core.shuffle.MAX_MEM_BUFFER_SIZE), then moves them to 1,000 bucket files on disk, opened through
 # TensorFlow's tf.io.gfile. Without TensorFlow (this project does not need it) a split past 1 GiB failed with

@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import itertools
 import os
 import shutil
 import time
@@ -45,7 +44,7 @@ from midibert_jax.data.builders import beam
 from midibert_jax.data.builders.common import (
     FILE_FORMAT, TRAIN, VALIDATION, BuildOptions, FolderListing, InputFile, InputSpool, LocalDatasetInfo, MidiConfig,
     Spill, bounded_local_writer, config_name, example_features, hash_inputs, identity_fields, make_spill_dir,
-    record_from_outcome, split_hashed,
+    split_hashed, tokenize_pending,
 )
 from midibert_jax.data.errors import BuildError
 
@@ -266,27 +265,15 @@ class MidiFolder(tfds.core.GeneratorBasedBuilder):
                 self._spill.add(split, window[None], [piece_id], [stream_windows[split]])
                 stream_windows[split] += 1
 
-        if pending.count:
-            task = self._task()
-            num_workers = min(opts.num_workers or workers.default_num_workers(), pending.count)
-            skipped = 0
-            with workers.WorkerPool(
-                task, num_workers=num_workers, timeout=opts.timeout, memory_limit_mb=opts.memory_limit_mb
-            ) as pool, console.progress(
-                pending.count, f"Tokenizing {self.name}", unit="files", enabled=opts.progress
-            ) as bar:
-                inputs, paths = itertools.tee(pending)  # tee holds the few inputs in the workers
-                for inp, outcome in zip(inputs, pool.imap(i.path for i in paths)):
-                    record, result = record_from_outcome(inp, outcome, cfg.packing)
-                    self._records.add(record)
-                    if result is not None and cfg.packing == "piece":
-                        n = len(result.windows)
-                        self._spill.add(inp.split, result.windows, [inp.piece_id] * n, range(n))
-                    elif result is not None:
-                        spill_packed(inp.split, packers[inp.split].add(result.stream, inp.piece_id))
-                    skipped += record.status != "ok"
-                    bar.update(1)
-                    bar.set_postfix(skipped=skipped, replaced=pool.replaced, refresh=False)
+        for item in tokenize_pending(
+            pending, self._task(), name=self.name, options=opts, packing=cfg.packing, records=self._records
+        ):
+            inp, result = item.input, item.result
+            if result is not None and cfg.packing == "piece":
+                n = len(result.windows)
+                self._spill.add(inp.split, result.windows, [inp.piece_id] * n, range(n))
+            elif result is not None:
+                spill_packed(inp.split, packers[inp.split].add(result.stream, inp.piece_id))
         if cfg.packing == "reference":
             for split, packer in packers.items():
                 spill_packed(split, packer.finish())

@@ -18,7 +18,6 @@ import array
 import dataclasses
 import functools
 import hashlib
-import itertools
 import json
 import os
 import re
@@ -28,7 +27,6 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from midibert_jax import console
 from midibert_jax.data import manifest, tasks, workers
 from midibert_jax.data.builders import common
 from midibert_jax.data.builders.common import InputFile
@@ -421,36 +419,28 @@ class TaskBuilder(MidiFolder, skip_registration=True):
         counts = {s: {"pieces": np.zeros(num_classes, np.int64), "windows": np.zeros(num_classes, np.int64),
                       "notes": np.zeros(num_classes, np.int64)} for s in SPLITS}
         unmapped: list[tuple[str, list[str]]] = []
-        if pending.count:
-            num_workers = min(opts.num_workers or workers.default_num_workers(), pending.count)
-            with workers.WorkerPool(
-                self._worker_task(), num_workers=num_workers, timeout=opts.timeout, memory_limit_mb=opts.memory_limit_mb
-            ) as pool, console.progress(
-                pending.count, f"Tokenizing {self.name}", unit="files", enabled=opts.progress
-            ) as bar:
-                inputs, paths = itertools.tee(pending)  # tee holds the few inputs in the workers
-                for inp, outcome in zip(inputs, pool.imap(i.path for i in paths)):
-                    record, result = common.record_from_outcome(inp, outcome, "piece")
-                    self._records.add(record)
-                    bar.update(1)
-                    if result is None:
-                        value = outcome.value if outcome.ok else None
-                        if getattr(value, "error_kind", None) == "unmapped_track":
-                            unmapped.append((inp.name, value.unmapped))
-                        continue
-                    c = counts[inp.split]
-                    if self.task.level == tasks.NOTE:
-                        self._spill.add_labelled(inp.split, result.windows, inp.piece_id, result.labels)
-                        valid = result.labels[result.labels >= 0]
-                        c["notes"] += np.bincount(valid, minlength=num_classes)[:num_classes]
-                        for row in result.labels:
-                            c["windows"] += np.bincount(np.unique(row[row >= 0]), minlength=num_classes)[:num_classes]
-                    else:
-                        label = self._labels[inp.piece_id]
-                        self._spill.add_labelled(inp.split, result.windows, inp.piece_id, label)
-                        c["pieces"][label] += 1
-                        c["windows"][label] += len(result.windows)
-                        c["notes"][label] += result.num_notes
+        for item in common.tokenize_pending(
+            pending, self._worker_task(), name=self.name, options=opts, packing="piece", records=self._records
+        ):
+            inp, result = item.input, item.result
+            if result is None:
+                value = item.outcome.value if item.outcome.ok else None
+                if getattr(value, "error_kind", None) == "unmapped_track":
+                    unmapped.append((inp.name, value.unmapped))
+                continue
+            c = counts[inp.split]
+            if self.task.level == tasks.NOTE:
+                self._spill.add_labelled(inp.split, result.windows, inp.piece_id, result.labels)
+                valid = result.labels[result.labels >= 0]
+                c["notes"] += np.bincount(valid, minlength=num_classes)[:num_classes]
+                for row in result.labels:
+                    c["windows"] += np.bincount(np.unique(row[row >= 0]), minlength=num_classes)[:num_classes]
+            else:
+                label = self._labels[inp.piece_id]
+                self._spill.add_labelled(inp.split, result.windows, inp.piece_id, label)
+                c["pieces"][label] += 1
+                c["windows"][label] += len(result.windows)
+                c["notes"][label] += result.num_notes
         self._spill.close()
         if unmapped:
             lines = [f"  {path}: {names}" for path, names in unmapped[:20]]
