@@ -8,7 +8,7 @@ checkpoint by validation accuracy evaluated on the test split (`evaluate.evaluat
 
     <workdir>/pretrain/<arm>_s<seed>/                                   (no folder for the 'none' arm)
     <workdir>/finetune/<task>/<arm>_s<seed>_<protocol>_f<fraction>/     (+ experiment_run.json once done)
-    <workdir>/experiment.json, experiment.png
+    <workdir>/experiment.json, experiment.md, experiment.png
 
 A fine-tuning run is finished when its folder holds `experiment_run.json` and an `eval_test.json` of
 its current best step, newer than its newest checkpoint: running again reuses it (even when the
@@ -504,7 +504,7 @@ def use_compilation_cache() -> str:
 def run_experiment(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, progress: bool = True,
                    max_runs: int | None = None, table: bool = True) -> dict[str, Any]:
     """Runs (or continues) every run of configs/experiment.py's `config` under `workdir`; writes
-    experiment.json and experiment.png there, prints the table; returns the report (see `build_report`).
+    experiment.json, experiment.md and experiment.png there, prints the table; returns the report (see `build_report`).
 
     max_runs: go through at most this many runs of the plan (pre-training and fine-tuning runs, finished
     ones included) this time; 0 only aggregates what has finished. table: print the table at the end
@@ -559,8 +559,9 @@ def _run_plan(config: ml_collections.ConfigDict, workdir: str | os.PathLike, the
         write_report(report, workdir)
     if progress and table and _is_primary():
         print_table(report)
-        print(f"[experiment] {paths.resolve(workdir) / paths.EXPERIMENT_FILE}, "
-              f"{paths.resolve(workdir) / paths.EXPERIMENT_PLOT}")
+        root = paths.resolve(workdir)
+        print(f"[experiment] {root / paths.EXPERIMENT_FILE}, {root / paths.EXPERIMENT_TABLE}, "
+              f"{root / paths.EXPERIMENT_PLOT}")
     return report
 
 

@@ -175,9 +175,11 @@ def build_report(config: dict[str, Any], runs: Sequence[dict[str, Any]], *, miss
 
 
 def write_report(report: dict[str, Any], workdir: str | os.PathLike) -> None:
-    """experiment.json, experiment.png and experiment_time.png (time to accuracy) in `workdir` (local or gs://)."""
+    """experiment.json, experiment.md (the tables), experiment.png and experiment_time.png (time to accuracy)
+    in `workdir` (local or gs://)."""
     root = paths.resolve(workdir)
     paths.write_json(root / paths.EXPERIMENT_FILE, report)
+    (root / paths.EXPERIMENT_TABLE).write_text(format_markdown(report))
     write_plot(report, root / paths.EXPERIMENT_PLOT)
     write_time_plot(report, root / paths.EXPERIMENT_TIME_PLOT)
 
@@ -254,6 +256,51 @@ def baseline_lines(result: dict[str, Any] | None) -> list[str]:
         lines.append("published (other tokens and windows, cited): " +
                      ", ".join(f"{name} {value:.2f}%" for name, value in published.items()))
     return lines
+
+
+def format_markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown, ready for a paper's notes or a results page: per metric one table of mean ± sd
+    (n seeds) per arm with the task's baselines beside it, then the paired comparisons and their verdicts."""
+    metrics = [m for m in report["config"].get("metrics", ("accuracy",))
+               if any(r["metric"] == m for r in report["summary"])]
+    arms = [a for a in ARMS if any(r["arm"] == a for r in report["summary"])]
+    cells = {(r["task"], r["protocol"], r["fraction"], r["metric"], r["arm"]): r for r in report["summary"]}
+    out = []
+    if not report["complete"]:
+        out.append(f"**Partial**: {report['finished_runs']} of {report['planned_runs']} fine-tuning runs finished; "
+                   "the numbers cover the finished ones.\n")
+    for metric in metrics:
+        blocks = sorted({(r["task"], r["protocol"], r["fraction"]) for r in report["summary"] if r["metric"] == metric},
+                        key=lambda k: _order(k + (metric,), metrics))
+        out.append(f"Test {metric.replace('_', ' ')}, mean ± sd over seeds (n)\n")
+        out.append("| task | protocol | fraction | " + " | ".join(arms) + " | baselines (same test split) |")
+        out.append("|---|---|---|" + "---|" * len(arms) + "---|")
+        for task, protocol, fraction in blocks:
+            baseline = report.get("baselines", {}).get(task, {}).get("baselines", {})
+            key = "piece_accuracy" if metric == "piece_accuracy" else metric
+            ref = ", ".join(f"{name} {b[key]:.3f}" for name, b in baseline.items() if b.get(key) is not None)
+            row = [_cell(cells.get((task, protocol, fraction, metric, arm))) for arm in arms]
+            out.append(f"| {task} | {protocol} | {fraction:g} | " + " | ".join(row) + f" | {ref or '–'} |")
+        out.append("")
+    published = {task: b.get("published") for task, b in report.get("baselines", {}).items() if b.get("published")}
+    if published:
+        out.append("Published (other tokens and windows, cited, not recomputed): " + "; ".join(
+            f"{task}: " + ", ".join(f"{name} {value:.2f} %" for name, value in pub.items())
+            for task, pub in sorted(published.items())) + "\n")
+    verdict_rows = report.get("verdicts", [])
+    if verdict_rows:
+        metric = verdict_rows[0]["metric"]
+        out.append(f"Paired differences of test {metric.replace('_', ' ')} (a - b over the seeds both finished; "
+                   f"'better' or 'worse' only when the margin exceeds the larger seed sd and p < {ALPHA:g})\n")
+        out.append("| task | protocol | fraction | a - b | mean ± sd | seed spread | n | p | verdict |")
+        out.append("|---|---|---|---|---|---|---|---|---|")
+        for v in verdict_rows:
+            sd = f" ± {v['sd_margin']:.3f}" if v["sd_margin"] is not None else ""
+            p = f"{v['p']:.2g}" if v["p"] is not None else "n/a"
+            said = "unclear" if v["verdict"] == "unclear" else f"{v['a']} {v['verdict']}"
+            out.append(f"| {v['task']} | {v['protocol']} | {v['fraction']:g} | {v['a']} - {v['b']} | "
+                       f"{v['margin']:+.3f}{sd} | {v['seed_spread']:.3f} | {v['n']} | {p} | {said} |")
+    return "\n".join(out).rstrip("\n") + "\n"
 
 
 def print_table(report: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ The layout of a training workdir (the only place these names are spelled):
     <workdir>/eval_<split>.json            evaluations (+ eval_<split>_confusion.png)
     <workdir>/experiment_run.json          a run of `midibert-jax experiment`, finished: its test results
 
-of an experiment folder (`midibert-jax experiment`): `experiment.json`, `experiment.png`,
+of an experiment folder (`midibert-jax experiment`): `experiment.json`, `experiment.md`, `experiment.png`,
 `pretrain/<arm>_s<seed>/` and `finetune/<task>/<arm>_s<seed>_<protocol>_f<fraction>/` (workdirs),
 
 of an imported PyTorch checkpoint (`midibert-jax import-torch`): `<dir>/config.json` and
@@ -46,6 +46,7 @@ DEMO_SUMMARY = "demo_summary.json"
 CACHE_ENV = "MIDIBERT_JAX_CACHE"
 EXPERIMENT_FILE = "experiment.json"
 EXPERIMENT_PLOT = "experiment.png"
+EXPERIMENT_TABLE = "experiment.md"
 EXPERIMENT_TIME_PLOT = "experiment_time.png"
 EXPERIMENT_RUN = "experiment_run.json"
 IMPORTED_CONFIG = "config.json"

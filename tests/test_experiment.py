@@ -116,8 +116,18 @@ def test_report_schema_table_and_plot(tmp_path):
     assert table.count("baselines on the same test split") == 1  # once per task
     assert "published (other tokens and windows, cited): Bi-LSTM (CP) 88.66%" in table
     assert "  t probe 1: adversarial - random +0.150 ± 0.087 (seed spread 0.100, n=3, p=0.095) -> unclear" in table
+    markdown = experiment_report.format_markdown(report)
+    assert markdown.startswith("**Partial**: 10 of 11 fine-tuning runs finished")
+    assert "| task | protocol | fraction | adversarial | random | none | baselines (same test split) |" in markdown
+    assert ("| t | probe | 1 | 0.800 ± 0.100 (n=3) | 0.650 ± 0.050 (n=3) | 0.450 ± 0.071 (n=2) | "
+            "majority 0.250, skyline 0.500 |") in markdown
+    assert "| t | probe | 0.1 | 0.600 (n=1) | — | 0.500 (n=1) | majority 0.250, skyline 0.500 |" in markdown
+    assert "| t | probe | 1 | 0.500 ± 0.000 (n=3) | 0.400 ± 0.000 (n=3) | 0.300 ± 0.000 (n=2) | – |" in markdown
+    assert "Published (other tokens and windows, cited, not recomputed): t: Bi-LSTM (CP) 88.66 %" in markdown
+    assert "| t | probe | 1 | adversarial - random | +0.150 ± 0.087 | 0.100 | 3 | 0.095 | unclear |" in markdown
     experiment_report.write_report(report, tmp_path)
     assert json.loads((tmp_path / "experiment.json").read_text()) == report
+    assert (tmp_path / "experiment.md").read_text() == markdown
     assert (tmp_path / "experiment.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "experiment_time.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # no curves: says so
     assert experiment_report.load_report(tmp_path) == report
@@ -139,6 +149,8 @@ def test_verdicts_need_the_margin_beyond_the_seed_spread_and_p_below_alpha():
         r["arm"], r["arm"])} for r in runs], metrics=("accuracy",))
     assert {(v["a"], v["b"]): v["verdict"] for v in flipped["verdicts"]}[("adversarial", "none")] == "worse"
     assert "-> adversarial better than none" in experiment_report.format_table(report)
+    assert "| adversarial - none | +0.102 ± 0.003 | 0.010 | 3 | 0.00027 | adversarial better |" in experiment_report.format_markdown(report)
+    assert experiment_report.format_markdown(report).count("| adversarial better |") == 1
 
 
 # ----------------------------------------------------------------------------- the plan

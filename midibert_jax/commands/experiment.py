@@ -2,8 +2,9 @@
 
 Pre-trains every arm x seed (adversarial and random masking), fine-tunes every arm x seed x task x
 protocol x fraction (probe and full fine-tuning, also without pre-training), evaluates each on its
-test split and writes experiment.json, experiment.png and a table of means and paired differences
-(midibert_jax/experiment.py). Running again continues where it stopped.
+test split, writes experiment.json, experiment.md (the tables as Markdown) and experiment.png, and prints
+a table of means and paired differences (midibert_jax/experiment.py). Running again continues where it
+stopped.
 """
 
 from __future__ import annotations
