@@ -202,18 +202,31 @@ def _cell(row: dict[str, Any] | None) -> str:
     return f"{row['mean']:.3f}{sd} (n={row['n']})"
 
 
-def format_table(report: dict[str, Any]) -> str:
-    """Mean ± sd (n) per arm and metric, then the paired differences of the first metric with p, as text."""
+def _layout(report: dict[str, Any]) -> tuple[list[str], list[str], dict[tuple, dict[str, Any]]]:
+    """What both tables show: the configured metrics that have rows, the arms that ran (in ARMS order),
+    and the summary rows by (task, protocol, fraction, metric, arm)."""
     metrics = [m for m in report["config"].get("metrics", ("accuracy",))
                if any(r["metric"] == m for r in report["summary"])]
+    arms = [a for a in ARMS if any(r["arm"] == a for r in report["summary"])]
+    cells = {(r["task"], r["protocol"], r["fraction"], r["metric"], r["arm"]): r for r in report["summary"]}
+    return metrics, arms, cells
+
+
+def _margin(verdict: dict[str, Any]) -> str:
+    """A verdict's paired margin, '+0.150 ± 0.087' (no sd with one seed)."""
+    sd = f" ± {verdict['sd_margin']:.3f}" if verdict["sd_margin"] is not None else ""
+    return f"{verdict['margin']:+.3f}{sd}"
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """Mean ± sd (n) per arm and metric, then the paired differences of the first metric with p, as text."""
+    metrics, arms, cells = _layout(report)
     lines = []
     if not report["complete"]:
         lines.append(f"PARTIAL: {report['finished_runs']} of {report['planned_runs']} fine-tuning runs finished "
                      f"(missing: {len(report['missing'])}); the numbers below cover the finished ones")
-    cells = {(r["task"], r["protocol"], r["fraction"], r["metric"], r["arm"]): r for r in report["summary"]}
     blocks = sorted({(r["task"], r["protocol"], r["fraction"]) for r in report["summary"]},
                     key=lambda k: _order(k + ("",), metrics))
-    arms = [a for a in ARMS if any(r["arm"] == a for r in report["summary"])]
     for task, protocol, fraction in blocks:
         lines.append(f"\n{task}, {protocol}, fraction {fraction:g} (test split)")
         lines.append(f"  {'arm':12s}" + "".join(f"{m:>26s}" for m in metrics))
@@ -233,11 +246,10 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(f"\nverdicts (test {metrics[0]}: 'better' only when the paired margin exceeds the larger seed sd "
                      f"and p < {ALPHA:g}):")
         for v in verdict_rows:
-            sd = f" ± {v['sd_margin']:.3f}" if v["sd_margin"] is not None else ""
-            p = f", p={v['p']:.2g}" if v["p"] is not None else ", p n/a"
+            p = f"p={v['p']:.2g}" if v["p"] is not None else "p n/a"
             said = "unclear" if v["verdict"] == "unclear" else f"{v['a']} {v['verdict']} than {v['b']}"
-            lines.append(f"  {v['task']} {v['protocol']} {v['fraction']:g}: {v['a']} - {v['b']} {v['margin']:+.3f}{sd} "
-                         f"(seed spread {v['seed_spread']:.3f}, n={v['n']}{p}) -> {said}")
+            lines.append(f"  {v['task']} {v['protocol']} {v['fraction']:g}: {v['a']} - {v['b']} {_margin(v)} "
+                         f"(seed spread {v['seed_spread']:.3f}, n={v['n']}, {p}) -> {said}")
     return "\n".join(lines).lstrip("\n")
 
 
@@ -261,10 +273,7 @@ def baseline_lines(result: dict[str, Any] | None) -> list[str]:
 def format_markdown(report: dict[str, Any]) -> str:
     """The report as Markdown, ready for a paper's notes or a results page: per metric one table of mean ± sd
     (n seeds) per arm with the task's baselines beside it, then the paired comparisons and their verdicts."""
-    metrics = [m for m in report["config"].get("metrics", ("accuracy",))
-               if any(r["metric"] == m for r in report["summary"])]
-    arms = [a for a in ARMS if any(r["arm"] == a for r in report["summary"])]
-    cells = {(r["task"], r["protocol"], r["fraction"], r["metric"], r["arm"]): r for r in report["summary"]}
+    metrics, arms, cells = _layout(report)
     out = []
     if not report["complete"]:
         out.append(f"**Partial**: {report['finished_runs']} of {report['planned_runs']} fine-tuning runs finished; "
@@ -277,8 +286,7 @@ def format_markdown(report: dict[str, Any]) -> str:
         out.append("|---|---|---|" + "---|" * len(arms) + "---|")
         for task, protocol, fraction in blocks:
             baseline = report.get("baselines", {}).get(task, {}).get("baselines", {})
-            key = "piece_accuracy" if metric == "piece_accuracy" else metric
-            ref = ", ".join(f"{name} {b[key]:.3f}" for name, b in baseline.items() if b.get(key) is not None)
+            ref = ", ".join(f"{name} {b[metric]:.3f}" for name, b in baseline.items() if b.get(metric) is not None)
             row = [_cell(cells.get((task, protocol, fraction, metric, arm))) for arm in arms]
             out.append(f"| {task} | {protocol} | {fraction:g} | " + " | ".join(row) + f" | {ref or '–'} |")
         out.append("")
@@ -295,11 +303,10 @@ def format_markdown(report: dict[str, Any]) -> str:
         out.append("| task | protocol | fraction | a - b | mean ± sd | seed spread | n | p | verdict |")
         out.append("|---|---|---|---|---|---|---|---|---|")
         for v in verdict_rows:
-            sd = f" ± {v['sd_margin']:.3f}" if v["sd_margin"] is not None else ""
             p = f"{v['p']:.2g}" if v["p"] is not None else "n/a"
             said = "unclear" if v["verdict"] == "unclear" else f"{v['a']} {v['verdict']}"
             out.append(f"| {v['task']} | {v['protocol']} | {v['fraction']:g} | {v['a']} - {v['b']} | "
-                       f"{v['margin']:+.3f}{sd} | {v['seed_spread']:.3f} | {v['n']} | {p} | {said} |")
+                       f"{_margin(v)} | {v['seed_spread']:.3f} | {v['n']} | {p} | {said} |")
     return "\n".join(out).rstrip("\n") + "\n"
 
 
