@@ -425,8 +425,8 @@ def run_finetune(run: FinetuneRun, metrics: Sequence[str], say: Callable[[str], 
     from midibert_jax.train import finetune  # pylint: disable=import-outside-toplevel
 
     label = label or f"[experiment] {run.describe()}"
-    if is_finished(run):
-        record = read_record(run.workdir)
+    record = read_record(run.workdir)
+    if record is not None and _current_test_eval(run.workdir) is not None:  # is_finished, reading the record once
         say(f"{label}: finished earlier, reused: {_outcome(record, metrics)}" + _change_note(record, run.config))
         return record
     start = time.monotonic()
