@@ -343,9 +343,16 @@ def _current_test_eval(workdir: str) -> dict[str, Any] | None:
     return result
 
 
+def finished_record(run: FinetuneRun) -> dict[str, Any] | None:
+    """The record of a finished fine-tuning run (its record and a current test evaluation; its checkpoints may
+    be gone), else None."""
+    record = read_record(run.workdir)
+    return record if record is not None and _current_test_eval(run.workdir) is not None else None
+
+
 def is_finished(run: FinetuneRun) -> bool:
     """A fine-tuning run with its record and a current test evaluation (its checkpoints may be gone)."""
-    return read_record(run.workdir) is not None and _current_test_eval(run.workdir) is not None
+    return finished_record(run) is not None
 
 
 def params_fingerprint(workdir: str) -> str:
@@ -425,8 +432,7 @@ def run_finetune(run: FinetuneRun, metrics: Sequence[str], say: Callable[[str], 
     from midibert_jax.train import finetune  # pylint: disable=import-outside-toplevel
 
     label = label or f"[experiment] {run.describe()}"
-    record = read_record(run.workdir)
-    if record is not None and _current_test_eval(run.workdir) is not None:  # is_finished, reading the record once
+    if (record := finished_record(run)) is not None:
         say(f"{label}: finished earlier, reused: {_outcome(record, metrics)}" + _change_note(record, run.config))
         return record
     start = time.monotonic()
