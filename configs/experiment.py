@@ -18,7 +18,8 @@ where it stopped and reuses the finished ones (midibert_jax/experiment.py).
   tpu        the base model (configs/pretrain.py:base) on 1,024-note windows, 20,000 steps with
              256-window batches, 10 fine-tuning epochs (see README: for an accelerator slice)
   pop909     melody and velocity on POP909 (--config.roots.pop909=DIR), pre-trained on its training songs
-             only; 2 pre-training runs and 36 fine-tuning runs of 300 steps, about 3.4 h on 2 CPU cores
+             only; 2 pre-training runs and 36 fine-tuning runs of 300 steps, 2 h 44 min on 2 CPU cores
+             (measured: docs/results/pop909.md)
   paper      all four tasks (roots.pop909, roots.pianist8, roots.emopia), pre-trained on the three training
              splits (+ pretrain.extra_folders); 2 pre-training runs and 72 fine-tuning runs of 200 steps,
              about 3.5 h on 2 CPU cores (measured: docs/results/paper_tasks.md)
@@ -171,7 +172,8 @@ def _budget(config: ml_collections.ConfigDict, tpu: bool, finetune_steps: int) -
     the replicates on a CPU): 512-note windows, MidiBERT-Piano's unit, in both. On an accelerator the base model
     (not yet run); on a 2-core CPU the mini model of the `cpu` fine-tuning recipe with short runs (docs/results/
     pop909.md: its cost and what it found). `finetune_steps` sizes the CPU runs to the wall-time budget: 36
-    runs of 300 steps for pop909 (about 3.4 h in all), 72 of 200 for paper (about 3.5 h measured, 2.5 min a run)."""
+    runs of 300 steps for pop909 (2 h 44 min measured, 3.9 min a run), 72 of 200 for paper (about 3.5 h
+    measured, 2.5 min a run)."""
     config.protocols = ("finetune",)
     config.pretrain.overrides.data.max_len = 512
     if tpu:
