@@ -594,12 +594,13 @@ def _last_value(workdir: str, key: str) -> float | None:
 
 def collect(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, the_plan: Plan | None = None,
             stopped: str = "") -> dict[str, Any]:
-    """The report of the runs finished under `workdir` (their experiment_run.json); trains nothing.
+    """The report of the runs finished under `workdir` (`finished_record`: the runner's own test, so a run it
+    would redo is missing here too); trains nothing.
     `stopped`: why the runner stopped before the end of the plan ('preempted', 'max_runs=N'), if it did."""
     the_plan = the_plan or plan(config, workdir)
     runs, missing = [], []
     for run in the_plan.finetune:
-        record = read_record(run.workdir)
+        record = finished_record(run)
         if record is None:
             missing.append({**run.key(), "workdir": run.workdir})
             continue

@@ -204,6 +204,24 @@ def test_replicates_can_share_pretraining_seeds(tmp_path):
         experiment.plan(_config(**{"pretrain_seeds": "(0, 0)"}), tmp_path)
 
 
+def test_the_report_counts_a_run_finished_only_with_its_test_evaluation(tmp_path):
+    """A record without the test evaluation it came from (deleted, or older than the run's checkpoints) is a
+    run the runner would redo: the report lists it as missing, not finished."""
+    config = _config(**{"seeds": "(0,)", "arms": "('none',)", "tasks": "('configs/finetune.py:demo_note',)",
+                        "protocols": "('finetune',)", "fractions": "(1.0,)"})
+    the_plan = experiment.plan(config, tmp_path)
+    (run,) = the_plan.finetune
+    workdir = pathlib.Path(run.workdir)
+    workdir.mkdir(parents=True)
+    (workdir / "experiment_run.json").write_text(json.dumps({"test": {"accuracy": 0.5}, "best_step": 2}))
+    report = experiment.collect(config, tmp_path, the_plan=the_plan)
+    assert (report["finished_runs"], len(report["missing"])) == (0, 1) and not experiment.is_finished(run)
+    (workdir / "eval_test.json").write_text(json.dumps({"accuracy": 0.5, "step": 2}))
+    report = experiment.collect(config, tmp_path, the_plan=the_plan)
+    assert (report["finished_runs"], report["missing"]) == (1, []) and experiment.is_finished(run)
+    assert report["runs"][0]["test"] == {"accuracy": 0.5}
+
+
 def test_short_runs_keep_warmup_below_the_steps_and_overrides_are_checked(tmp_path):
     config = _config(**{"pretrain.overrides.train.steps": "20", "seeds": "(0,)", "arms": "('adversarial',)"})
     pre = experiment.plan(config, tmp_path).pretrain[0].config
