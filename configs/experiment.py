@@ -24,6 +24,8 @@ where it stopped and reuses the finished ones (midibert_jax/experiment.py).
              splits (+ pretrain.extra_folders); 2 pre-training runs and 72 fine-tuning runs of 200 steps,
              about 3.5 h on 2 CPU cores (measured: docs/results/paper_tasks.md)
   quick      one seed and one fraction (1.0): a first look in a fraction of the time
+  melody, velocity, composer, emotion
+             with pop909 or paper: only these of the variant's tasks (e.g. `paper,composer,emotion`)
 
 Overrides: `pretrain.overrides`, `finetune.overrides`, `protocol_overrides.<protocol>` and
 `task_overrides.<task>` mirror the fine-tuning / pre-training configs' own keys (e.g.
@@ -35,7 +37,8 @@ from __future__ import annotations
 import ml_collections
 
 VARIANTS = ("runlocal", "tpu", "pop909", "paper")
-MODIFIERS = ("quick", "tpu")
+TASK_NAMES = ("melody", "velocity", "composer", "emotion")
+MODIFIERS = ("quick", "tpu") + TASK_NAMES
 # The task datasets a user downloads (docs/datasets.md); `roots` holds their folders.
 DATASETS = ("pop909", "pianist8", "emopia")
 
@@ -54,6 +57,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if "tpu" in modifiers and variant not in ("pop909", "paper"):
         raise ValueError(f"the tpu modifier goes with pop909 or paper ({arg!r}); the demo tasks at scale are `tpu`")
     tpu = variant == "tpu" or "tpu" in modifiers
+    only = tuple(t for t in TASK_NAMES if t in modifiers)
+    if only and variant not in ("pop909", "paper"):
+        raise ValueError(f"task modifiers {list(only)} go with pop909 or paper ({arg!r})")
 
     config = ml_collections.ConfigDict()
     # Pre-training arms: 'adversarial' (the paper's masker), 'random' (MidiBERT-Piano's 15% MLM: the
@@ -132,9 +138,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.pretrain.extra_folders = ()
 
     if variant == "pop909":
-        _pop909(config, tpu)
+        _pop909(config, tpu, only)
     elif variant == "paper":
-        _paper(config, tpu)
+        _paper(config, tpu, only)
     if "quick" in modifiers:
         config.seeds = (0,)
         config.fractions = (1.0,)
@@ -144,8 +150,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     return config
 
 
-def _task_data(config: ml_collections.ConfigDict, sources: tuple[str, ...], tasks: tuple[str, ...], tpu: bool) -> None:
-    """Pre-training on the training splits of `sources`, fine-tuning `tasks` (configs/finetune.py names)."""
+def _task_data(config: ml_collections.ConfigDict, sources: tuple[str, ...], tasks: tuple[str, ...], tpu: bool,
+               only: tuple[str, ...]) -> None:
+    """Pre-training on the training splits of `sources`, fine-tuning `tasks` (configs/finetune.py names), or
+    those of them named in `only` (the pre-training corpus stays the variant's: its runs are shared)."""
+    if unknown := set(only) - set(tasks):
+        raise ValueError(f"task modifiers {sorted(unknown)} are not tasks of this variant ({list(tasks)})")
+    tasks = tuple(t for t in tasks if not only or t in only)
     config.pretrain.sources = sources
     config.pretrain.spec = "configs/pretrain.py:base,data=tasks" if tpu else "configs/pretrain.py:mini,runlocal,data=tasks"
     config.tasks = tuple(f"configs/finetune.py:{t}" if tpu else f"configs/finetune.py:{t},cpu" for t in tasks)
@@ -155,15 +166,15 @@ def _task_data(config: ml_collections.ConfigDict, sources: tuple[str, ...], task
                 config.task_overrides[task] = ml_collections.ConfigDict({"train": {"eval_views": 1}})
 
 
-def _pop909(config: ml_collections.ConfigDict, tpu: bool) -> None:
+def _pop909(config: ml_collections.ConfigDict, tpu: bool, only: tuple[str, ...]) -> None:
     """POP909 melody and velocity, pre-trained on POP909's official training songs only (no test song leaks)."""
-    _task_data(config, ("pop909",), ("melody", "velocity"), tpu)
+    _task_data(config, ("pop909",), ("melody", "velocity"), tpu, only)
     _budget(config, tpu, finetune_steps=300)
 
 
-def _paper(config: ml_collections.ConfigDict, tpu: bool) -> None:
+def _paper(config: ml_collections.ConfigDict, tpu: bool, only: tuple[str, ...]) -> None:
     """The paper's four tasks, pre-trained on the training splits of POP909, Pianist8 and EMOPIA (+ extra_folders)."""
-    _task_data(config, DATASETS, ("melody", "velocity", "composer", "emotion"), tpu)
+    _task_data(config, DATASETS, TASK_NAMES, tpu, only)
     _budget(config, tpu, finetune_steps=200)
 
 

@@ -281,6 +281,27 @@ def _config_of(variant):
     return config_loading.load_config(f"configs/experiment.py:{variant}")
 
 
+def test_task_modifiers_keep_some_of_a_variants_tasks_and_its_pretraining(tmp_path):
+    """`pop909,melody`: the pop909 experiment for melody alone, on the same pre-training runs (their configs
+    equal, so finished ones are reused); a task the variant lacks, or a variant without tasks, is refused."""
+    roots = {"pop909": "/data/POP909", "pianist8": "/data/Pianist8", "emopia": "/data/EMOPIA_1.0"}
+
+    def planned(variant):
+        config = _config_of(variant)
+        config.roots.update(roots)
+        return experiment.plan(config, tmp_path)
+
+    full, melody = planned("pop909"), planned("pop909,melody")
+    assert {r.task for r in melody.finetune} == {"melody"} and len(melody.finetune) == len(full.finetune) // 2
+    assert [r.config.to_dict() for r in melody.pretrain] == [r.config.to_dict() for r in full.pretrain]
+    assert {r.config.train.eval_views for r in melody.finetune} == {1}
+    assert {r.task for r in planned("paper,composer,emotion").finetune} == {"composer", "emotion"}
+    with pytest.raises(ValueError, match=r"task modifiers \['composer'\] are not tasks of this variant"):
+        _config_of("pop909,composer")
+    with pytest.raises(ValueError, match=r"task modifiers \['melody'\] go with pop909 or paper"):
+        _config_of("runlocal,melody")
+
+
 def test_demo_tasks_validation_and_test_pieces_stay_out_of_demo_pretraining(tmp_path, monkeypatch):
     from midibert_jax.data import prepare
 
